@@ -1,0 +1,13 @@
+"""jaxkeops: KeOps-style symbolic matrices for JAX.
+
+Build a formula over i variables, j variables and parameters with `LazyTensor` / `Vi` / `Vj` /
+`Pm`, then reduce it over i (`axis=0`) or j (`axis=1`); the M×N matrix is never stored.
+"""
+
+from jaxkeops import lowering as _lowering  # noqa: F401  (registers the FFI targets and lowerings)
+from jaxkeops.lazy_tensor import LazyTensor, Pm, Vi, Vj
+from jaxkeops.primitive import keops_reduce, keops_reduce_p
+
+__version__ = "0.1.0"
+
+__all__ = ["LazyTensor", "Vi", "Vj", "Pm", "keops_reduce", "keops_reduce_p"]

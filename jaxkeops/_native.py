@@ -1,0 +1,66 @@
+"""Load the compiled extensions and register their FFI targets with XLA.
+
+The CPU module is always built; the CUDA module is optional. A module built against XLA FFI
+headers newer than the running jaxlib would take the backend down when called, so the API
+versions are compared here, at import, and a mismatch is a clear ImportError.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import jax
+import jaxlib
+
+REDUCE_TARGET = "jaxkeops_reduce"
+
+
+def _jaxlib_ffi_api_version(version: str) -> tuple[int, int]:
+    """The XLA FFI API version a jaxlib release ships (checked facts, see shared/DESIGN.md)."""
+    parts = tuple(int(p) for p in version.split(".")[:3] if p.isdigit())
+    if parts <= (0, 8, 0):
+        return (0, 1)
+    if parts <= (0, 9, 0):
+        return (0, 2)
+    return (0, 3)
+
+
+def _check_api(module, running: tuple[int, int]) -> None:
+    built = tuple(module.ffi_api_version())
+    if built[0] != running[0] or built[1] > running[1]:
+        raise ImportError(
+            f"jaxkeops' extension {module.__name__} was built against XLA FFI API "
+            f"{built[0]}.{built[1]} (jaxlib {module.jaxlib_build_version}), but the running "
+            f"jaxlib {jaxlib.__version__} provides FFI API {running[0]}.{running[1]}. "
+            "Reinstall jaxkeops against this jaxlib (pip install --force-reinstall jaxkeops)."
+        )
+
+
+def _load(name: str):
+    try:
+        return importlib.import_module(f"jaxkeops.{name}")
+    except ImportError:
+        return None
+
+
+cpu = _load("_jaxkeops_cpu")
+if cpu is None:
+    raise ImportError(
+        "jaxkeops' compiled CPU extension (jaxkeops._jaxkeops_cpu) is missing: install the "
+        "package with pip so that it gets built (pip install .)"
+    )
+_running_api = _jaxlib_ffi_api_version(jaxlib.__version__)
+_check_api(cpu, _running_api)
+for _name, _capsule in cpu.registrations().items():
+    jax.ffi.register_ffi_target(_name, _capsule, platform="cpu")
+
+cuda = _load("_jaxkeops_cuda")
+if cuda is not None:
+    _check_api(cuda, _running_api)
+    for _name, _capsule in cuda.registrations().items():
+        jax.ffi.register_ffi_target(_name, _capsule, platform="CUDA")
+
+
+def has_cuda() -> bool:
+    """Whether the CUDA kernels were built (the machine may still have no GPU)."""
+    return cuda is not None

@@ -1,0 +1,52 @@
+"""The benchmark cases: each builds jaxkeops and its same-run baselines for one workload."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxkeops import Vi, Vj
+from jaxkeops.benchmarks.harness import Candidate
+
+
+@dataclasses.dataclass
+class Benchmark:
+    default_size: tuple[int, int]
+    make: Callable  # (M, N) -> (candidates, pairs, title); the last candidate is the reference
+
+
+def row_chunked(row_fn, x, *rest, rows=256):
+    """The usual hand-written alternative: `lax.map` over blocks of rows of x."""
+    M = x.shape[0]
+    blocks = -(-M // rows)
+    xp = jnp.pad(x, ((0, blocks * rows - M), (0, 0))).reshape(blocks, rows, x.shape[1])
+    out = jax.lax.map(lambda xb: row_fn(xb, *rest), xp)
+    return out.reshape(blocks * rows, -1)[:M]
+
+
+def _gaussian_dense(x, y, b):
+    d2 = jnp.sum((x[:, None, :] - y[None, :, :]) ** 2, -1)
+    return jnp.exp(-d2) @ b
+
+
+def _gaussian_sum(M, N, D=3):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(M, D)), jnp.float32)
+    y = jnp.asarray(rng.normal(size=(N, D)), jnp.float32)
+    b = jnp.asarray(rng.normal(size=(N, 1)), jnp.float32)
+    keops = jax.jit(lambda x, y, b: ((-Vi(x).sqdist(Vj(y))).exp() * Vj(b)).sum(1))
+    chunked = jax.jit(lambda x, y, b: row_chunked(_gaussian_dense, x, y, b))
+    candidates = [
+        Candidate("jaxkeops", lambda: keops(x, y, b)),
+        Candidate("lax.map row-chunked jnp", lambda: chunked(x, y, b)),
+    ]
+    return candidates, M * N, f"Gaussian sum, M={M}, N={N}, D={D}, float32"
+
+
+BENCHMARKS = {
+    "gaussian": Benchmark((20000, 20000), _gaussian_sum),
+}

@@ -1,0 +1,325 @@
+"""LazyTensor: the user-facing symbolic M×N matrix, with KeOps' names, shapes and printing.
+
+A LazyTensor holds a formula (jaxkeops/formula.py) and the arrays its variables stand for.
+Operators build bigger formulas; a reduction (`.sum(axis)`, ...) binds `keops_reduce_p`.
+Variables are numbered in order of first appearance, so equal expressions give equal formulas
+(and hit every cache) whatever arrays they are applied to.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxkeops.formula import CAT_I, CAT_J, CAT_NAMES, CAT_P, Const, Node, Var, substitute
+from jaxkeops.ops import apply_op
+from jaxkeops.primitive import keops_reduce
+
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+class _Variable:
+    """An array standing for one variable; shared by identity between combined LazyTensors."""
+
+    __slots__ = ("array", "cat")
+
+    def __init__(self, array, cat: int):
+        self.array = array  # (n, dim) for i/j variables, (dim,) for parameters
+        self.cat = cat
+
+    def same_as(self, other: "_Variable") -> bool:
+        return self.array is other.array and self.cat == other.cat
+
+
+def _is_array(x) -> bool:
+    return isinstance(x, (np.ndarray, jax.Array, np.generic)) or hasattr(x, "__jax_array__")
+
+
+def _check_float_dtype(x, what: str):
+    dtype = np.dtype(x.dtype)
+    if dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{what} has dtype {dtype}; expected float32 or float64")
+
+
+def _category_of_3d(shape, what: str) -> int:
+    m, n, _ = shape
+    if n == 1 and m == 1:
+        return CAT_P
+    if n == 1:
+        return CAT_I
+    if m == 1:
+        return CAT_J
+    raise ValueError(
+        f"{what} has shape {shape}; a LazyTensor variable must be shaped (M, 1, D) (i variable), "
+        "(1, N, D) (j variable) or (1, 1, D) (parameter)"
+    )
+
+
+class LazyTensor:
+    """A symbolic matrix F(x_i, y_j, p) over an M×N grid that is never stored.
+
+    `LazyTensor(x)` with x shaped (M, 1, D) is an i variable, (1, N, D) a j variable, (1, 1, D),
+    0-d or 1-d a parameter; a 2-d x needs `axis=0` (i) or `axis=1` (j); a Python number is a
+    constant of the formula. See also `Vi`, `Vj`, `Pm`.
+    """
+
+    __array_priority__ = 1000  # numpy arrays on the left defer to our operators
+
+    def __init__(self, x=None, axis: int | None = None):
+        self.variables: tuple[_Variable, ...] = ()
+        self.ni: int | None = None
+        self.nj: int | None = None
+        if x is None:  # internal: filled in by _make
+            return
+        if isinstance(x, numbers.Number) and not _is_array(x):
+            if axis is not None:
+                raise ValueError("axis is meaningless for a Python number")
+            self.formula: Node = Const([float(x)])
+            return
+        if not _is_array(x):
+            raise TypeError(
+                f"LazyTensor(x): x is a {type(x).__name__}; expected a jax or NumPy array "
+                "or a Python number"
+            )
+        x = jnp.asarray(x)
+        what = f"LazyTensor argument of shape {tuple(x.shape)}"
+        _check_float_dtype(x, what)
+        if axis is not None:
+            if x.ndim != 2 or axis not in (0, 1):
+                raise ValueError(
+                    f"{what} with axis={axis}: expected a 2-d array (n, D) and axis 0 (i) or 1 (j)"
+                )
+            cat, array = (CAT_I if axis == 0 else CAT_J), x
+        elif x.ndim <= 1:
+            cat, array = CAT_P, x.reshape(-1)
+            if array.shape[0] == 0:
+                raise ValueError(f"{what}: a parameter needs at least one value")
+        elif x.ndim == 3:
+            cat = _category_of_3d(tuple(x.shape), what)
+            array = x.reshape(x.shape[-1]) if cat == CAT_P else x.reshape(-1, x.shape[-1])
+        elif x.ndim == 2:
+            raise ValueError(
+                f"{what} is ambiguous: reshape it to (M, 1, D) or (1, N, D), "
+                "or use Vi(x) / Vj(x) (or pass axis=0 / axis=1)"
+            )
+        else:
+            raise ValueError(
+                f"{what}: expected (M, 1, D), (1, N, D), (1, 1, D), 0-d or 1-d "
+                "(batch dimensions are not supported yet)"
+            )
+        if array.shape[-1] == 0:
+            raise ValueError(f"{what}: the feature dimension D must be at least 1")
+        self.variables = (_Variable(array, cat),)
+        if cat == CAT_I:
+            self.ni = int(array.shape[0])
+        elif cat == CAT_J:
+            self.nj = int(array.shape[0])
+        self.formula = Var(0, int(array.shape[-1]), cat)
+
+    # --- construction ------------------------------------------------------------------------
+
+    @staticmethod
+    def _make(formula: Node, variables, ni, nj) -> "LazyTensor":
+        out = LazyTensor()
+        out.formula, out.variables, out.ni, out.nj = formula, tuple(variables), ni, nj
+        return out
+
+    @staticmethod
+    def _lift(x) -> "LazyTensor":
+        return x if isinstance(x, LazyTensor) else LazyTensor(x)
+
+    def _merge(self, other: "LazyTensor"):
+        """Variables of self then other's new ones; other's formula renumbered accordingly."""
+        variables = list(self.variables)
+        renumber = {}
+        for index, var in enumerate(other.variables):
+            for k, mine in enumerate(variables):
+                if mine.same_as(var):
+                    renumber[index] = k
+                    break
+            else:
+                renumber[index] = len(variables)
+                variables.append(var)
+        other_formula = other.formula
+        if any(k != v for k, v in renumber.items()):
+            other_formula = substitute(
+                other.formula,
+                lambda leaf: Var(renumber[leaf.index], leaf.dim, leaf.cat)
+                if isinstance(leaf, Var) else None,
+            )
+        ni = _merge_size(self.ni, other.ni, "M (number of i indices)")
+        nj = _merge_size(self.nj, other.nj, "N (number of j indices)")
+        return other_formula, variables, ni, nj
+
+    def _unary(self, name: str, params: tuple = ()) -> "LazyTensor":
+        return LazyTensor._make(apply_op(name, (self.formula,), params), self.variables, self.ni, self.nj)
+
+    def _binary(self, other, name: str, params: tuple = (), reverse: bool = False) -> "LazyTensor":
+        other = LazyTensor._lift(other)
+        other_formula, variables, ni, nj = self._merge(other)
+        args = (other_formula, self.formula) if reverse else (self.formula, other_formula)
+        return LazyTensor._make(apply_op(name, args, params), variables, ni, nj)
+
+    # --- arithmetic ----------------------------------------------------------------------------
+
+    def __add__(self, other):
+        return self._binary(other, "Add")
+
+    def __radd__(self, other):
+        return self._binary(other, "Add", reverse=True)
+
+    def __sub__(self, other):
+        return self._binary(other, "Subtract")
+
+    def __rsub__(self, other):
+        return self._binary(other, "Subtract", reverse=True)
+
+    def __mul__(self, other):
+        return self._binary(other, "Mult")
+
+    def __rmul__(self, other):
+        return self._binary(other, "Mult", reverse=True)
+
+    def __truediv__(self, other):
+        return self._binary(other, "Divide")
+
+    def __rtruediv__(self, other):
+        return self._binary(other, "Divide", reverse=True)
+
+    def __neg__(self):
+        return self._unary("Minus")
+
+    def __pow__(self, other):
+        if isinstance(other, numbers.Integral) and not isinstance(other, bool):
+            return self._unary("Square") if other == 2 else self._unary("Pow", (int(other),))
+        if isinstance(other, numbers.Real) and float(other) == 0.5:
+            return self._unary("Sqrt")
+        return self._binary(other, "Powf")
+
+    def __rpow__(self, other):
+        return self._binary(other, "Powf", reverse=True)
+
+    def __or__(self, other):
+        """`x | y`: the dot product along the feature axis (KeOps' Scalprod)."""
+        return self._binary(other, "Scalprod")
+
+    def __ror__(self, other):
+        return self._binary(other, "Scalprod", reverse=True)
+
+    def exp(self):
+        return self._unary("Exp")
+
+    def log(self):
+        return self._unary("Log")
+
+    def sqrt(self):
+        return self._unary("Sqrt")
+
+    def square(self):
+        return self._unary("Square")
+
+    def sqnorm2(self):
+        return self._unary("SqNorm2")
+
+    def sqdist(self, other):
+        return self._binary(other, "SqDist")
+
+    # --- shape and printing --------------------------------------------------------------------
+
+    @property
+    def ndim(self) -> int:
+        return 2 if self.formula.dim == 1 else 3
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        grid = (self.ni or 1, self.nj or 1)
+        return grid if self.formula.dim == 1 else grid + (self.formula.dim,)
+
+    def __repr__(self) -> str:
+        return f"jaxkeops LazyTensor\nformula: {self.formula!r}\nshape: {self.shape}"
+
+    # --- reductions ----------------------------------------------------------------------------
+
+    def _reduction_axis(self, axis, dim, method: str) -> int:
+        if dim is not None:
+            if axis is not None and axis != dim:
+                raise ValueError(f"{method}: axis={axis} and dim={dim} disagree")
+            axis = dim
+        if axis not in (0, 1):
+            raise ValueError(
+                f"{method}: axis={axis}; expected 0 (reduce over i) or 1 (reduce over j)"
+            )
+        return axis
+
+    def _reduce(self, reduction: str, axis: int, formulas=None, reduction_params=()):
+        formulas = (self.formula,) if formulas is None else formulas
+        operands = [v.array for v in self.variables]
+        if not operands:
+            raise ValueError(
+                "this LazyTensor has no variable: reductions need at least one array operand"
+            )
+        dtypes = {np.dtype(x.dtype) for x in operands}
+        if len(dtypes) > 1:
+            seen = ", ".join(
+                f"Var({k}) {CAT_NAMES[v.cat]} {np.dtype(v.array.dtype)}"
+                for k, v in enumerate(self.variables)
+            )
+            raise TypeError(f"the variables of one formula must share a dtype; got {seen}")
+        return keops_reduce(
+            operands,
+            formulas=formulas,
+            var_cats=[v.cat for v in self.variables],
+            reduction=reduction,
+            reduction_params=reduction_params,
+            axis=axis,
+            ni=self.ni or 1,
+            nj=self.nj or 1,
+        )
+
+    def sum(self, axis: int | None = -1, dim: int | None = None):
+        """`sum(-1)`: sum over the feature axis (a new LazyTensor); `sum(0)` / `sum(1)`: Sum
+        reduction over i / over j, an array shaped (N, D) / (M, D)."""
+        if dim is not None:
+            axis = dim
+        if axis in (-1, 2):
+            return self._unary("Sum")
+        axis = self._reduction_axis(axis, None, "sum")
+        return self._reduce("Sum", axis)[0]
+
+
+def _merge_size(a: int | None, b: int | None, what: str) -> int | None:
+    if a is not None and b is not None and a != b:
+        raise ValueError(f"incompatible sizes for {what}: {a} and {b}")
+    return a if a is not None else b
+
+
+def Vi(x) -> LazyTensor:
+    """An i variable from an array shaped (M, D)."""
+    return _from_2d(x, 0, "Vi")
+
+
+def Vj(x) -> LazyTensor:
+    """A j variable from an array shaped (N, D)."""
+    return _from_2d(x, 1, "Vj")
+
+
+def _from_2d(x, axis: int, name: str) -> LazyTensor:
+    x = jnp.asarray(x) if _is_array(x) else x
+    if not _is_array(x) or x.ndim != 2:
+        shape = getattr(x, "shape", type(x).__name__)
+        raise ValueError(f"{name}(x): x has shape {shape}; expected a 2-d array (n, D)")
+    return LazyTensor(x, axis=axis)
+
+
+def Pm(p) -> LazyTensor:
+    """A parameter (an operand, not a constant: traced values stay differentiable) from a
+    number, a 0-d or a 1-d array."""
+    if isinstance(p, numbers.Number) and not _is_array(p):
+        p = jnp.asarray(p, dtype=jnp.result_type(float))
+    p = jnp.asarray(p)
+    if p.ndim > 1:
+        raise ValueError(f"Pm(p): p has shape {p.shape}; expected a number, 0-d or 1-d array")
+    return LazyTensor(p.reshape(-1))

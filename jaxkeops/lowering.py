@@ -1,0 +1,42 @@
+"""Lowering of `keops_reduce_p`, per platform.
+
+"cpu" calls the native executor through the XLA FFI; every other platform gets the pure-JAX
+chunked implementation (jaxkeops/reference.py). This is the only place that knows platforms.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.interpreters import mlir
+
+from jaxkeops import _native
+from jaxkeops.primitive import keops_reduce_p
+from jaxkeops.program import compile_program
+from jaxkeops.reference import chunked_reduce
+
+
+def _native_lowering(ctx, *operands, formulas, var_cats, reduction, reduction_params, axis, ni, nj):
+    program = compile_program(
+        formulas,
+        var_cats,
+        tuple(aval.shape[-1] for aval in ctx.avals_in),
+        reduction,
+        reduction_params,
+        axis,
+    )
+    n_inner = nj if axis == 1 else ni
+    lower = jax.ffi.ffi_lowering(_native.REDUCE_TARGET)
+    # Typed numpy scalars: a Python int would reach the handler with the wrong width.
+    return lower(ctx, *operands, program=program, n_inner=np.int64(n_inner))
+
+
+def _fallback(*operands, **params):
+    formulas, var_cats = params.pop("formulas"), params.pop("var_cats")
+    return chunked_reduce(formulas, var_cats, operands, **params)
+
+
+mlir.register_lowering(keops_reduce_p, mlir.lower_fun(_fallback, multiple_results=True))
+mlir.register_lowering(keops_reduce_p, _native_lowering, platform="cpu")
+if _native.has_cuda():
+    mlir.register_lowering(keops_reduce_p, _native_lowering, platform="cuda")

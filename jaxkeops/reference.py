@@ -1,0 +1,90 @@
+"""Pure-JAX evaluation of reductions.
+
+`dense_reduce` materialises the whole grid: the oracle of every test (run it in float64 at
+small sizes). `chunked_reduce` is the same computation over blocks of outer rows with `lax.map`,
+never holding more than a block of the grid: the fallback for platforms with no native kernel.
+Both use the op table's jnp references, so there is one meaning per op.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxkeops.formula import Const, Node, Var, walk
+from jaxkeops.ops import OPS
+from jaxkeops.program import ROLE_INNER, ROLE_OUTER, category_role
+from jaxkeops.reductions import REDUCTIONS
+
+# Elements of one block of the grid (rows × inner × largest formula dim) in the fallback.
+CHUNK_ELEMENTS = 1 << 22
+
+
+def evaluate_formulas(formulas: tuple[Node, ...], leaves: dict[int, jax.Array], dtype):
+    """Evaluate formulas with jnp; `leaves[index]` is a variable already shaped to broadcast."""
+    values: dict[Node, jax.Array] = {}
+    for node in walk(formulas):
+        if isinstance(node, Var):
+            values[node] = leaves[node.index]
+        elif isinstance(node, Const):
+            values[node] = jnp.asarray(node.values, dtype=dtype)
+        else:
+            args = [values[a] for a in node.args]
+            values[node] = OPS[node.name].reference(*args, node.params).astype(dtype)
+    return tuple(values[f] for f in formulas)
+
+
+def grid_values(formulas, var_cats, operands, axis, n_outer, n_inner):
+    """Formula values shaped (n_outer, n_inner, dim), variables given outer-first."""
+    dtype = jnp.result_type(*operands) if operands else jnp.float32
+    leaves = {}
+    for index, (cat, x) in enumerate(zip(var_cats, operands)):
+        role = category_role(cat, axis)
+        if role == ROLE_OUTER:
+            leaves[index] = x[:, None, :]
+        elif role == ROLE_INNER:
+            leaves[index] = x[None, :, :]
+        else:
+            leaves[index] = x[None, None, :]
+    values = evaluate_formulas(formulas, leaves, dtype)
+    return tuple(jnp.broadcast_to(v, (n_outer, n_inner, v.shape[-1])) for v in values)
+
+
+def _sizes(ni, nj, axis):
+    return (ni, nj) if axis == 1 else (nj, ni)
+
+
+def dense_reduce(formulas, var_cats, operands, *, reduction, reduction_params, axis, ni, nj):
+    """Reduce by materialising the whole (n_outer, n_inner) grid."""
+    n_outer, n_inner = _sizes(ni, nj, axis)
+    values = grid_values(formulas, var_cats, operands, axis, n_outer, n_inner)
+    return REDUCTIONS[reduction].dense(values, reduction_params)
+
+
+def chunked_reduce(formulas, var_cats, operands, *, reduction, reduction_params, axis, ni, nj):
+    """Reduce block of outer rows by block with `lax.map`; never materialises the grid."""
+    n_outer, n_inner = _sizes(ni, nj, axis)
+    max_dim = max(n.dim for n in walk(formulas))
+    block = max(1, min(n_outer, CHUNK_ELEMENTS // max(1, n_inner * max_dim)))
+    n_blocks = -(-n_outer // block)
+    padded = n_blocks * block
+    is_outer = [category_role(c, axis) == ROLE_OUTER for c in var_cats]
+
+    def pad_rows(x):
+        x = jnp.pad(x, ((0, padded - n_outer), (0, 0)))
+        return x.reshape(n_blocks, block, x.shape[-1])
+
+    blocked = tuple(pad_rows(x) for x, o in zip(operands, is_outer) if o)
+
+    def one_block(block_operands):
+        it = iter(block_operands)
+        ops = [next(it) if o else x for x, o in zip(operands, is_outer)]
+        values = grid_values(formulas, var_cats, ops, axis, block, n_inner)
+        return REDUCTIONS[reduction].dense(values, reduction_params)
+
+    if blocked:
+        outs = jax.lax.map(one_block, blocked)
+    else:  # no outer variable: every row is the same
+        outs = jax.tree.map(lambda o: jnp.broadcast_to(o[None], (n_blocks,) + o.shape), one_block(()))
+    return tuple(o.reshape((padded,) + o.shape[2:])[:n_outer] for o in outs)
+
