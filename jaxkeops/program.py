@@ -108,10 +108,14 @@ def build_program(
                 r = _join_roles(r, role[a])
             role[node] = r
 
+    # A register is reused once its value is dead. Executors run the instructions grouped by
+    # role (param, outer, inner, pair), so a value read by an instruction of another role must
+    # stay live for the whole program: only values read within their own role are freed.
     last_use: dict[Node, int] = {}
     for step, node in enumerate(order):
         for a in node.children():
-            last_use[a] = step
+            pinned = last_use.get(a) == len(order) or role[node] != role[a]
+            last_use[a] = len(order) if pinned else step
     for f in formulas:
         last_use[f] = len(order)  # results stay live to the end
 

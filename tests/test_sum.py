@@ -96,7 +96,9 @@ def test_random_formula_sum(rng, M, N, D, dtype, axis):
         (ref,) = dense(F, "Sum", axis)
         assert out.shape == ((N if axis == 0 else M), F.formula.dim)
         assert out.dtype == dtype
-        assert_close(out, ref, dtype, scale=abs_sum(F, axis))
+        # float32: random trees cancel inside (e.g. (1 + c x) - 1), which float32 rounding of
+        # the intermediates amplifies; wrong kernels give O(1) errors. float64 checks to 1e-10.
+        assert_close(out, ref, dtype, rtol32=2e-3, scale=abs_sum(F, axis))
 
 
 @pytest.mark.parametrize("axis", [0, 1])

@@ -1,0 +1,531 @@
+// CPU executor.
+//
+// Registers are stored [dim][lanes]: param registers have 1 lane, outer registers one lane per row
+// of a chunk of Rc outer rows, inner and pair registers one lane per inner index of a tile of TL
+// indices. Instructions are hoisted by role:
+//   param  once per call (calling thread)
+//   outer  once per chunk of rows (lanes = rows)
+//   inner  once per inner tile, shared by the rows of the chunk
+//   pair   once per (row, tile)
+// Loop order of a work item (chunk of rows x range of inner indices):
+//   outer instrs; for each inner tile { inner instrs; for each row { pair instrs; accumulate } }
+// Each kernel loops over lanes innermost with compile-time lane strides (0: broadcast, 1: dense)
+// so that every variant vectorises.
+#include "cpu/executor.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <memory>
+#include <new>
+#include <vector>
+
+#include "cpu/thread_pool.h"
+#include "ops.h"
+#include "reductions.h"
+
+#define JK_RESTRICT __restrict__
+
+namespace jaxkeops::cpu {
+namespace {
+
+template <class T>
+struct Bound;
+
+template <class T>
+using KernelFn = void (*)(const Bound<T>&, int64_t row, int64_t n_lanes);
+
+template <class T>
+struct ArgRef {
+  const T* base = nullptr;
+  int64_t dim_stride = 0;  // 0: dim-1 broadcasting
+  int64_t row_step = 0;    // 1 for an outer register read by a pair instruction
+};
+
+template <class T>
+struct Bound {
+  KernelFn<T> fn = nullptr;
+  T* out = nullptr;
+  int64_t out_ds = 0;
+  int32_t out_dim = 0;
+  int32_t arg_dim = 0;  // dim of the first argument (for reductions over dims)
+  ArgRef<T> a, b;
+  int32_t ipar = 0;
+};
+
+// ---------------------------------------------------------------- kernels
+
+template <class T, class F, int LA>
+void unary_kernel(const Bound<T>& k, int64_t row, int64_t L) {
+  const T* pa = k.a.base + row * k.a.row_step;
+  for (int32_t d = 0; d < k.out_dim; ++d) {
+    const T* JK_RESTRICT x = pa + d * k.a.dim_stride;
+    T* JK_RESTRICT o = k.out + d * k.out_ds;
+    for (int64_t l = 0; l < L; ++l) o[l] = F::apply(x[l * LA]);
+  }
+}
+
+template <class T, class F, int LA, int LB>
+void binary_kernel(const Bound<T>& k, int64_t row, int64_t L) {
+  const T* pa = k.a.base + row * k.a.row_step;
+  const T* pb = k.b.base + row * k.b.row_step;
+  for (int32_t d = 0; d < k.out_dim; ++d) {
+    const T* JK_RESTRICT x = pa + d * k.a.dim_stride;
+    const T* JK_RESTRICT y = pb + d * k.b.dim_stride;
+    T* JK_RESTRICT o = k.out + d * k.out_ds;
+    for (int64_t l = 0; l < L; ++l) o[l] = F::apply(x[l * LA], y[l * LB]);
+  }
+}
+
+// Integer power by repeated squaring, bits outermost so the lane loops vectorise.
+template <class T, int LA>
+void pow_kernel(const Bound<T>& k, int64_t row, int64_t L) {
+  constexpr int64_t kBlock = 64;
+  const T* pa = k.a.base + row * k.a.row_step;
+  const int32_t n = k.ipar;
+  const int64_t m0 = n < 0 ? -static_cast<int64_t>(n) : n;
+  T base[kBlock], acc[kBlock];
+  for (int32_t d = 0; d < k.out_dim; ++d) {
+    const T* JK_RESTRICT x = pa + d * k.a.dim_stride;
+    T* JK_RESTRICT o = k.out + d * k.out_ds;
+    for (int64_t l0 = 0; l0 < L; l0 += kBlock) {
+      const int64_t nl = std::min(kBlock, L - l0);
+      for (int64_t l = 0; l < nl; ++l) {
+        base[l] = x[(l0 + l) * LA];
+        acc[l] = T(1);
+      }
+      for (int64_t m = m0; m > 0;) {
+        if (m & 1)
+          for (int64_t l = 0; l < nl; ++l) acc[l] *= base[l];
+        m >>= 1;
+        if (m > 0)
+          for (int64_t l = 0; l < nl; ++l) base[l] *= base[l];
+      }
+      if (n < 0) {
+        for (int64_t l = 0; l < nl; ++l) o[l0 + l] = T(1) / acc[l];
+      } else {
+        for (int64_t l = 0; l < nl; ++l) o[l0 + l] = acc[l];
+      }
+    }
+  }
+}
+
+// Reductions over the dims of one or two arguments (output dim 1).
+struct SumTerm {
+  template <class T> static T apply(T a) { return a; }
+};
+struct SqNorm2Term {
+  template <class T> static T apply(T a) { return a * a; }
+};
+struct ScalprodTerm {
+  template <class T> static T apply(T a, T b) { return a * b; }
+};
+struct SqDistTerm {
+  template <class T> static T apply(T a, T b) {
+    T t = a - b;
+    return t * t;
+  }
+};
+
+template <class T, class F, int LA>
+void dimsum1_kernel(const Bound<T>& k, int64_t row, int64_t L) {
+  const T* pa = k.a.base + row * k.a.row_step;
+  T* JK_RESTRICT o = k.out;
+  {
+    const T* JK_RESTRICT x = pa;
+    for (int64_t l = 0; l < L; ++l) o[l] = F::apply(x[l * LA]);
+  }
+  for (int32_t d = 1; d < k.arg_dim; ++d) {
+    const T* JK_RESTRICT x = pa + d * k.a.dim_stride;
+    for (int64_t l = 0; l < L; ++l) o[l] += F::apply(x[l * LA]);
+  }
+}
+
+template <class T, class F, int LA, int LB>
+void dimsum2_kernel(const Bound<T>& k, int64_t row, int64_t L) {
+  const T* pa = k.a.base + row * k.a.row_step;
+  const T* pb = k.b.base + row * k.b.row_step;
+  T* JK_RESTRICT o = k.out;
+  {
+    const T* JK_RESTRICT x = pa;
+    const T* JK_RESTRICT y = pb;
+    for (int64_t l = 0; l < L; ++l) o[l] = F::apply(x[l * LA], y[l * LB]);
+  }
+  for (int32_t d = 1; d < k.arg_dim; ++d) {
+    const T* JK_RESTRICT x = pa + d * k.a.dim_stride;
+    const T* JK_RESTRICT y = pb + d * k.b.dim_stride;
+    for (int64_t l = 0; l < L; ++l) o[l] += F::apply(x[l * LA], y[l * LB]);
+  }
+}
+
+#define JK_PICK1(KERNEL, F) (la ? &KERNEL<T, F, 1> : &KERNEL<T, F, 0>)
+#define JK_PICK2(KERNEL, F)                                           \
+  (la ? (lb ? &KERNEL<T, F, 1, 1> : &KERNEL<T, F, 1, 0>)              \
+      : (lb ? &KERNEL<T, F, 0, 1> : &KERNEL<T, F, 0, 0>))
+
+// The kernel of an instruction given its arguments' lane strides (nullptr for Var/Const, which
+// the phases handle themselves).
+template <class T>
+KernelFn<T> select_kernel(int32_t opcode, int la, int lb) {
+  switch (static_cast<Op>(opcode)) {
+#define JK_CASE_UNARY(name, code, keops) \
+  case Op::name:                         \
+    return JK_PICK1(unary_kernel, opfn::name);
+    JAXKEOPS_UNARY_ELEMENTWISE_OPS(JK_CASE_UNARY)
+#undef JK_CASE_UNARY
+#define JK_CASE_BINARY(name, code, keops) \
+  case Op::name:                          \
+    return JK_PICK2(binary_kernel, opfn::name);
+    JAXKEOPS_BINARY_ELEMENTWISE_OPS(JK_CASE_BINARY)
+#undef JK_CASE_BINARY
+    case Op::Pow:
+      return la ? pow_kernel<T, 1> : pow_kernel<T, 0>;
+    case Op::Sum:
+      return JK_PICK1(dimsum1_kernel, SumTerm);
+    case Op::SqNorm2:
+      return JK_PICK1(dimsum1_kernel, SqNorm2Term);
+    case Op::Scalprod:
+      return JK_PICK2(dimsum2_kernel, ScalprodTerm);
+    case Op::SqDist:
+      return JK_PICK2(dimsum2_kernel, SqDistTerm);
+    default:
+      return nullptr;
+  }
+}
+
+// ---------------------------------------------------------------- memory
+
+struct FreeDeleter {
+  void operator()(void* p) const { std::free(p); }
+};
+
+template <class T>
+std::unique_ptr<T[], FreeDeleter> alloc_aligned(int64_t n) {
+  size_t bytes = static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(T);
+  bytes = (bytes + 63) / 64 * 64;
+  void* p = std::aligned_alloc(64, bytes);
+  if (!p) throw std::bad_alloc();
+  return std::unique_ptr<T[], FreeDeleter>(static_cast<T*>(p));
+}
+
+inline int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
+
+// ---------------------------------------------------------------- plan
+
+template <class T>
+struct Step {
+  int32_t instr;
+  bool is_var;
+  int32_t input = -1;
+  int32_t dim = 0;
+  T* dst = nullptr;
+  Bound<T> k;
+};
+
+template <class T>
+struct ResultRef {
+  ArgRef<T> ref;
+  int32_t dim;
+  bool lane_dense;  // inner/pair register (else the same value on every lane)
+};
+
+template <class T>
+class Plan {
+ public:
+  Plan(const Program& prog, int64_t n_outer) : prog_(prog) {
+    const size_t n_regs = prog.registers.size();
+    offset_.assign(n_regs, 0);
+    int64_t dims[4] = {0, 0, 0, 0};
+    for (size_t r = 0; r < n_regs; ++r) dims[prog.registers[r].role] += prog.registers[r].dim;
+    // Tile width: inner+pair registers of a tile should stay within ~96 KiB (L1/L2).
+    const int64_t bytes_per_lane = (dims[kInner] + dims[kPair]) * int64_t(sizeof(T));
+    tl_ = 256;
+    while (tl_ > 16 && tl_ * bytes_per_lane > 96 * 1024) tl_ /= 2;
+    rc_ = std::max<int64_t>(1, std::min<int64_t>(32, n_outer));
+    lanes_[kParam] = 1;
+    lanes_[kOuter] = round_up(rc_, 16);
+    lanes_[kInner] = tl_;
+    lanes_[kPair] = tl_;
+    int64_t size[4] = {0, 0, 0, 0};
+    for (size_t r = 0; r < n_regs; ++r) {
+      const RegisterSpec& reg = prog.registers[r];
+      offset_[r] = size[reg.role];
+      size[reg.role] += round_up(int64_t(reg.dim) * lanes_[reg.role], 16);
+    }
+    // One workspace holds the outer, inner and pair arenas.
+    ws_base_[kOuter] = 0;
+    ws_base_[kInner] = size[kOuter];
+    ws_base_[kPair] = size[kOuter] + size[kInner];
+    ws_size_ = size[kOuter] + size[kInner] + size[kPair];
+    param_ = alloc_aligned<T>(size[kParam]);
+    for (size_t i = 0; i < prog.instructions.size(); ++i)
+      by_role_[prog.registers[prog.instructions[i].out].role].push_back(int32_t(i));
+  }
+
+  int64_t tile() const { return tl_; }
+  int64_t row_chunk() const { return rc_; }
+  int64_t workspace_size() const { return ws_size_; }
+
+  T* reg_ptr(int32_t r, T* ws) const {
+    const int32_t role = prog_.registers[r].role;
+    if (role == kParam) return param_.get() + offset_[r];
+    return ws + ws_base_[role] + offset_[r];
+  }
+
+  // How an instruction (or the accumulator) of role `phase` reads register r.
+  ArgRef<T> arg_ref(int32_t r, int32_t phase, int32_t out_dim, T* ws, int* lane_stride) const {
+    const RegisterSpec& reg = prog_.registers[r];
+    ArgRef<T> a;
+    a.base = reg_ptr(r, ws);
+    a.dim_stride = (reg.dim == 1 && out_dim > 1) ? 0 : lanes_[reg.role];
+    a.row_step = 0;
+    *lane_stride = 1;
+    if (reg.role == kParam || (reg.role == kOuter && phase == kPair)) *lane_stride = 0;
+    if (reg.role == kOuter && phase == kPair) a.row_step = 1;
+    if (reg.role == kParam) a.dim_stride = (reg.dim == 1 && out_dim > 1) ? 0 : 1;
+    return a;
+  }
+
+  std::vector<Step<T>> bind(int32_t phase, T* ws) const {
+    std::vector<Step<T>> steps;
+    steps.reserve(by_role_[phase].size());
+    for (int32_t i : by_role_[phase]) {
+      const Instruction& ins = prog_.instructions[i];
+      Step<T> s;
+      s.instr = i;
+      s.dst = reg_ptr(ins.out, ws);
+      s.dim = prog_.registers[ins.out].dim;
+      s.is_var = ins.opcode == static_cast<int32_t>(Op::Var);
+      if (s.is_var) {
+        s.input = ins.int_params[0];
+      } else if (ins.opcode != static_cast<int32_t>(Op::Const)) {
+        int la = 0, lb = 0;
+        Bound<T>& k = s.k;
+        k.out = s.dst;
+        k.out_ds = lanes_[phase];
+        k.out_dim = s.dim;
+        k.a = arg_ref(ins.args[0], phase, s.dim, ws, &la);
+        k.arg_dim = prog_.registers[ins.args[0]].dim;
+        if (ins.args.size() > 1) k.b = arg_ref(ins.args[1], phase, s.dim, ws, &lb);
+        if (!ins.int_params.empty()) k.ipar = ins.int_params[0];
+        k.fn = select_kernel<T>(ins.opcode, la, lb);
+      }
+      steps.push_back(s);
+    }
+    return steps;
+  }
+
+  // Runs the param instructions once.
+  void run_params(const T* const* inputs) {
+    for (const Step<T>& s : bind(kParam, nullptr)) {
+      const Instruction& ins = prog_.instructions[s.instr];
+      if (s.is_var) {
+        for (int32_t d = 0; d < s.dim; ++d) s.dst[d] = inputs[s.input][d];
+      } else if (ins.opcode == static_cast<int32_t>(Op::Const)) {
+        for (int32_t d = 0; d < s.dim; ++d) s.dst[d] = static_cast<T>(ins.float_params[d]);
+      } else {
+        s.k.fn(s.k, 0, 1);
+      }
+    }
+  }
+
+  std::vector<ResultRef<T>> results(T* ws) const {
+    std::vector<ResultRef<T>> out;
+    for (int32_t r : prog_.results) {
+      ResultRef<T> rr;
+      int ls = 0;
+      rr.dim = prog_.registers[r].dim;
+      rr.ref = arg_ref(r, kPair, rr.dim, ws, &ls);
+      rr.ref.dim_stride = prog_.registers[r].role == kParam ? 1 : lanes_[prog_.registers[r].role];
+      rr.lane_dense = ls == 1;
+      out.push_back(rr);
+    }
+    return out;
+  }
+
+ private:
+  const Program& prog_;
+  int64_t tl_ = 0, rc_ = 0;
+  int64_t lanes_[4];
+  int64_t ws_base_[4] = {0, 0, 0, 0};
+  int64_t ws_size_ = 0;
+  std::vector<int64_t> offset_;
+  std::vector<int32_t> by_role_[4];
+  std::unique_ptr<T[], FreeDeleter> param_;
+};
+
+// ---------------------------------------------------------------- work items
+
+template <class T, class R>
+void run_item(const Plan<T>& plan, const R& red, const T* const* inputs,
+              const std::vector<InputSpec>& in_specs, int64_t r0, int64_t rows, int64_t j0,
+              int64_t j1, double* states /* rows x state_size, initialised here */) {
+  const int64_t S = red.state_size();
+  for (int64_t r = 0; r < rows; ++r) red.init(states + r * S);
+  if (j1 <= j0) return;
+
+  const int64_t TL = plan.tile();
+  const int64_t RC = round_up(plan.row_chunk(), 16);
+  auto ws_holder = alloc_aligned<T>(plan.workspace_size());
+  T* ws = ws_holder.get();
+  const std::vector<Step<T>> outer = plan.bind(kOuter, ws);
+  const std::vector<Step<T>> inner = plan.bind(kInner, ws);
+  const std::vector<Step<T>> pair = plan.bind(kPair, ws);
+  const std::vector<ResultRef<T>> results = plan.results(ws);
+
+  bool all_dense = true, all_bcast = true;
+  for (const auto& rr : results) (rr.lane_dense ? all_bcast : all_dense) = false;
+  // Mixed results: broadcast the non-dense ones into scratch tiles.
+  std::vector<std::unique_ptr<T[], FreeDeleter>> scratch(results.size());
+  if (!all_dense && !all_bcast)
+    for (size_t k = 0; k < results.size(); ++k)
+      if (!results[k].lane_dense) scratch[k] = alloc_aligned<T>(int64_t(results[k].dim) * TL);
+  std::vector<ResultView<T>> views(results.size());
+
+  // Outer instructions for the chunk (lanes = rows).
+  for (const Step<T>& s : outer) {
+    if (s.is_var) {
+      const T* src = inputs[s.input] + r0 * s.dim;
+      for (int64_t r = 0; r < rows; ++r)
+        for (int32_t d = 0; d < s.dim; ++d) s.dst[d * RC + r] = src[r * s.dim + d];
+    } else {
+      s.k.fn(s.k, 0, rows);
+    }
+  }
+
+  for (int64_t t0 = j0; t0 < j1; t0 += TL) {
+    const int64_t nv = std::min(TL, j1 - t0);
+    const int64_t L = std::min(TL, round_up(nv, 16));
+    for (const Step<T>& s : inner) {
+      if (s.is_var) {
+        const int32_t D = s.dim;
+        const T* src = inputs[s.input] + t0 * D;
+        if (D == 1) {
+          for (int64_t l = 0; l < nv; ++l) s.dst[l] = src[l];
+        } else {
+          for (int64_t l = 0; l < nv; ++l)
+            for (int32_t d = 0; d < D; ++d) s.dst[d * TL + l] = src[l * D + d];
+        }
+        for (int32_t d = 0; d < D; ++d)
+          for (int64_t l = nv; l < L; ++l) s.dst[d * TL + l] = T(0);
+      } else {
+        s.k.fn(s.k, 0, L);
+      }
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      for (const Step<T>& s : pair) s.k.fn(s.k, r, L);
+      for (size_t k = 0; k < results.size(); ++k) {
+        const ResultRef<T>& rr = results[k];
+        views[k].ptr = rr.ref.base + r * rr.ref.row_step;
+        views[k].dim_stride = rr.ref.dim_stride;
+        if (scratch[k]) {
+          T* sc = scratch[k].get();
+          for (int32_t d = 0; d < rr.dim; ++d)
+            for (int64_t l = 0; l < nv; ++l) sc[d * TL + l] = views[k].ptr[d * rr.ref.dim_stride];
+          views[k].ptr = sc;
+          views[k].dim_stride = TL;
+        }
+      }
+      if (all_bcast)
+        red.template accumulate<0, T>(states + r * S, views.data(), nv, t0);
+      else
+        red.template accumulate<1, T>(states + r * S, views.data(), nv, t0);
+    }
+  }
+}
+
+template <class T, class R>
+bool run(const Program& prog, const T* const* inputs, int64_t n_outer, int64_t n_inner, T* out,
+         std::string* error) {
+  const R red(prog.reduction_params, prog.result_dims);
+  const int64_t S = red.state_size();
+  const int64_t out_dim = red.out_dim();
+  if (n_outer <= 0) return true;
+  if (n_inner <= 0) {
+    std::vector<double> st(S);
+    for (int64_t r = 0; r < n_outer; ++r) {
+      red.init(st.data());
+      red.template finalize<T>(st.data(), out + r * out_dim);
+    }
+    return true;
+  }
+
+  Plan<T> plan(prog, n_outer);
+  plan.run_params(inputs);
+  const int64_t RC = plan.row_chunk();
+  const int64_t TL = plan.tile();
+  const int64_t n_chunks = (n_outer + RC - 1) / RC;
+  const int64_t nt = num_threads();
+
+  // Split the inner axis when there are too few row chunks to feed every thread.
+  int64_t n_splits = 1;
+  if (n_chunks < 4 * nt) {
+    const int64_t want = (4 * nt + n_chunks - 1) / n_chunks;
+    const int64_t by_size = std::max<int64_t>(1, n_inner / (4 * TL));
+    n_splits = std::min(want, by_size);
+  }
+  int64_t range = round_up((n_inner + n_splits - 1) / n_splits, TL);
+  n_splits = (n_inner + range - 1) / range;
+
+  const std::vector<InputSpec>& in_specs = prog.inputs;
+  bool ok;
+  if (n_splits == 1) {
+    ok = parallel_for(n_chunks, [&](int64_t c) {
+      const int64_t r0 = c * RC;
+      const int64_t rows = std::min(RC, n_outer - r0);
+      std::vector<double> st(rows * S);
+      run_item<T, R>(plan, red, inputs, in_specs, r0, rows, 0, n_inner, st.data());
+      for (int64_t r = 0; r < rows; ++r)
+        red.template finalize<T>(st.data() + r * S, out + (r0 + r) * out_dim);
+    });
+  } else {
+    std::vector<double> partial(n_chunks * n_splits * RC * S);
+    ok = parallel_for(n_chunks * n_splits, [&](int64_t item) {
+      const int64_t c = item / n_splits, s = item % n_splits;
+      const int64_t r0 = c * RC;
+      const int64_t rows = std::min(RC, n_outer - r0);
+      const int64_t j0 = s * range, j1 = std::min(n_inner, j0 + range);
+      run_item<T, R>(plan, red, inputs, in_specs, r0, rows, j0, j1,
+                     partial.data() + item * RC * S);
+    });
+    if (ok) {
+      for (int64_t c = 0; c < n_chunks; ++c) {
+        const int64_t r0 = c * RC;
+        const int64_t rows = std::min(RC, n_outer - r0);
+        for (int64_t r = 0; r < rows; ++r) {
+          double* acc = partial.data() + (c * n_splits) * RC * S + r * S;
+          for (int64_t s = 1; s < n_splits; ++s)
+            red.combine(acc, partial.data() + (c * n_splits + s) * RC * S + r * S);
+          red.template finalize<T>(acc, out + (r0 + r) * out_dim);
+        }
+      }
+    }
+  }
+  if (!ok) *error = "jaxkeops CPU executor: internal failure (out of memory?)";
+  return ok;
+}
+
+}  // namespace
+
+template <class T>
+bool execute(const Program& prog, const T* const* inputs, int64_t n_outer, int64_t n_inner,
+             T* out, std::string* error) {
+  bool ok = false;
+  try {
+    bool known = dispatch_reduction(prog.reduction, [&](auto tag) {
+      using R = typename decltype(tag)::type;
+      ok = run<T, R>(prog, inputs, n_outer, n_inner, out, error);
+    });
+    if (!known) *error = "jaxkeops CPU executor: unknown reduction";
+  } catch (const std::exception& e) {
+    *error = std::string("jaxkeops CPU executor: ") + e.what();
+    ok = false;
+  }
+  return ok;
+}
+
+template bool execute<float>(const Program&, const float* const*, int64_t, int64_t, float*,
+                             std::string*);
+template bool execute<double>(const Program&, const double* const*, int64_t, int64_t, double*,
+                              std::string*);
+
+}  // namespace jaxkeops::cpu

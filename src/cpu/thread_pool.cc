@@ -1,0 +1,157 @@
+#include "cpu/thread_pool.h"
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#if defined(__SSE__)
+#include <xmmintrin.h>
+#endif
+
+namespace jaxkeops::cpu {
+namespace {
+
+// The caller's floating-point control state (x86: MXCSR, i.e. rounding mode and flush-to-zero /
+// denormals-are-zero, which XLA sets on its threads) is applied to workers while they run the
+// caller's items, so results never depend on which thread computed them.
+struct FpEnv {
+#if defined(__SSE__)
+  unsigned int csr = _mm_getcsr();
+#endif
+};
+
+class ScopedFpEnv {
+ public:
+  explicit ScopedFpEnv(const FpEnv& env) {
+#if defined(__SSE__)
+    saved_ = _mm_getcsr();
+    if (saved_ != env.csr) _mm_setcsr(env.csr);
+#endif
+  }
+  ~ScopedFpEnv() {
+#if defined(__SSE__)
+    if (_mm_getcsr() != saved_) _mm_setcsr(saved_);
+#endif
+  }
+
+ private:
+  unsigned int saved_ = 0;
+};
+
+struct Job {
+  FpEnv fp_env;
+  const std::function<void(int64_t)>* fn = nullptr;
+  int64_t n = 0;
+  std::atomic<int64_t> next{0};
+  std::atomic<int64_t> done{0};
+  std::atomic<bool> failed{false};
+  std::mutex mu;
+  std::condition_variable cv;
+
+  // Claims and runs items until none is left.
+  void work() {
+    ScopedFpEnv scoped(fp_env);
+    for (;;) {
+      int64_t i = next.fetch_add(1, std::memory_order_relaxed);
+      if (i >= n) return;
+      try {
+        (*fn)(i);
+      } catch (...) {
+        failed.store(true, std::memory_order_relaxed);
+      }
+      if (done.fetch_add(1, std::memory_order_acq_rel) + 1 == n) {
+        std::lock_guard<std::mutex> lock(mu);
+        cv.notify_all();
+      }
+    }
+  }
+  bool exhausted() const { return next.load(std::memory_order_relaxed) >= n; }
+};
+
+class Pool {
+ public:
+  explicit Pool(int n_workers) {
+    for (int k = 0; k < n_workers; ++k) workers_.emplace_back([this] { loop(); });
+  }
+  int size() const { return static_cast<int>(workers_.size()) + 1; }
+
+  bool run(int64_t n, const std::function<void(int64_t)>& fn) {
+    auto job = std::make_shared<Job>();
+    job->fn = &fn;
+    job->n = n;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      jobs_.push_back(job);
+    }
+    cv_.notify_all();
+    job->work();
+    remove(job);
+    {
+      std::unique_lock<std::mutex> lock(job->mu);
+      job->cv.wait(lock, [&] { return job->done.load(std::memory_order_acquire) == job->n; });
+    }
+    return !job->failed.load();
+  }
+
+ private:
+  void remove(const std::shared_ptr<Job>& job) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = std::find(jobs_.begin(), jobs_.end(), job);
+    if (it != jobs_.end()) jobs_.erase(it);
+  }
+
+  void loop() {
+    for (;;) {
+      std::shared_ptr<Job> job;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [&] { return !jobs_.empty(); });
+        job = jobs_.front();
+      }
+      job->work();
+      remove(job);
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::shared_ptr<Job>> jobs_;
+  std::vector<std::thread> workers_;
+};
+
+Pool& pool() {
+  // Never destroyed: workers block forever on the queue and die with the process.
+  static Pool* p = [] {
+    unsigned hc = std::thread::hardware_concurrency();
+    int n = hc > 1 ? static_cast<int>(hc) - 1 : 0;
+    return new Pool(n);
+  }();
+  return *p;
+}
+
+}  // namespace
+
+int num_threads() { return pool().size(); }
+
+bool parallel_for(int64_t n, const std::function<void(int64_t)>& fn) {
+  if (n <= 0) return true;
+  if (n == 1 || pool().size() == 1) {
+    bool ok = true;
+    for (int64_t i = 0; i < n; ++i) {
+      try {
+        fn(i);
+      } catch (...) {
+        ok = false;
+      }
+    }
+    return ok;
+  }
+  return pool().run(n, fn);
+}
+
+}  // namespace jaxkeops::cpu

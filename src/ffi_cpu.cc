@@ -1,0 +1,156 @@
+// The XLA FFI handler "jaxkeops_reduce" for platform "cpu".
+#include "ffi_cpu.h"
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "cpu/executor.h"
+#include "program.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace jaxkeops {
+namespace {
+
+// Decoded programs, keyed by their bytes: decoding and validation happen once per program.
+class ProgramCache {
+ public:
+  // Returns the program, or nullptr with *error set.
+  std::shared_ptr<const Program> get(std::string_view bytes, std::string* error) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = cache_.find(std::string(bytes));
+      if (it != cache_.end()) return it->second;
+    }
+    auto prog = std::make_shared<Program>();
+    if (!decode_program(bytes.data(), bytes.size(), prog.get(), error)) return nullptr;
+    std::lock_guard<std::mutex> lock(mu_);
+    if (cache_.size() >= kMaxEntries) cache_.clear();
+    auto res = cache_.emplace(std::string(bytes), std::move(prog));
+    return res.first->second;
+  }
+
+ private:
+  static constexpr size_t kMaxEntries = 4096;
+  std::mutex mu_;
+  std::unordered_map<std::string, std::shared_ptr<const Program>> cache_;
+};
+
+ProgramCache& program_cache() {
+  static ProgramCache* cache = new ProgramCache();
+  return *cache;
+}
+
+std::string shape_str(ffi::AnyBuffer::Dimensions dims) {
+  std::string s = "(";
+  for (size_t k = 0; k < dims.size(); ++k) {
+    if (k) s += ", ";
+    s += std::to_string(dims[k]);
+  }
+  if (dims.size() == 1) s += ",";
+  return s + ")";
+}
+
+const char* dtype_str(ffi::DataType t) {
+  switch (t) {
+    case ffi::DataType::F32: return "float32";
+    case ffi::DataType::F64: return "float64";
+    case ffi::DataType::F16: return "float16";
+    case ffi::DataType::BF16: return "bfloat16";
+    case ffi::DataType::S32: return "int32";
+    case ffi::DataType::S64: return "int64";
+    default: return "an unsupported dtype";
+  }
+}
+
+ffi::Error invalid(std::string msg) {
+  return ffi::Error::InvalidArgument("jaxkeops_reduce: " + std::move(msg));
+}
+
+ffi::Error reduce_impl(ffi::RemainingArgs args, ffi::RemainingRets rets,
+                       std::string_view program, int64_t n_inner) {
+  std::string error;
+  std::shared_ptr<const Program> prog = program_cache().get(program, &error);
+  if (!prog) return invalid(error);
+  if (n_inner < 0) return invalid("n_inner = " + std::to_string(n_inner) + " is negative");
+
+  if (rets.size() != 1)
+    return invalid("expected 1 output buffer, got " + std::to_string(rets.size()));
+  auto out_or = rets.get<ffi::AnyBuffer>(0);
+  if (!out_or) return invalid("cannot decode the output buffer");
+  ffi::Result<ffi::AnyBuffer> out = *out_or;
+  const ffi::DataType dtype = out->element_type();
+  if (dtype != ffi::DataType::F32 && dtype != ffi::DataType::F64)
+    return invalid(std::string("output dtype is ") + dtype_str(dtype) +
+                   ", expected float32 or float64");
+
+  int64_t out_dim = 0;
+  dispatch_reduction(prog->reduction, [&](auto tag) {
+    using R = typename decltype(tag)::type;
+    out_dim = R(prog->reduction_params, prog->result_dims).out_dim();
+  });
+  const auto odims = out->dimensions();
+  if (odims.size() != 2 || odims[1] != out_dim)
+    return invalid("output has shape " + shape_str(odims) + ", expected (n_outer, " +
+                   std::to_string(out_dim) + ")");
+  const int64_t n_outer = odims[0];
+
+  if (args.size() != prog->inputs.size())
+    return invalid("the program has " + std::to_string(prog->inputs.size()) +
+                   " inputs but the call has " + std::to_string(args.size()) + " operands");
+  std::vector<const void*> data(args.size());
+  for (size_t k = 0; k < args.size(); ++k) {
+    auto buf_or = args.get<ffi::AnyBuffer>(k);
+    if (!buf_or) return invalid("cannot decode operand " + std::to_string(k));
+    ffi::AnyBuffer buf = *buf_or;
+    const InputSpec& spec = prog->inputs[k];
+    const std::string name = "operand " + std::to_string(k) + " (" + role_name(spec.role) + ")";
+    if (buf.element_type() != dtype)
+      return invalid(name + " has dtype " + dtype_str(buf.element_type()) +
+                     ", expected the output's dtype " + dtype_str(dtype));
+    const auto dims = buf.dimensions();
+    if (spec.role == kParam) {
+      if (dims.size() != 1 || dims[0] != spec.dim)
+        return invalid(name + " has shape " + shape_str(dims) + ", expected (" +
+                       std::to_string(spec.dim) + ",)");
+    } else {
+      const int64_t n = spec.role == kOuter ? n_outer : n_inner;
+      if (dims.size() != 2 || dims[0] != n || dims[1] != spec.dim)
+        return invalid(name + " has shape " + shape_str(dims) + ", expected (" +
+                       std::to_string(n) + ", " + std::to_string(spec.dim) + ")" +
+                       (spec.role == kOuter ? " (n_outer from the output)" : " (n_inner)"));
+    }
+    data[k] = buf.untyped_data();
+  }
+
+  bool ok;
+  if (dtype == ffi::DataType::F32) {
+    std::vector<const float*> in(data.size());
+    for (size_t k = 0; k < data.size(); ++k) in[k] = static_cast<const float*>(data[k]);
+    ok = cpu::execute<float>(*prog, in.data(), n_outer, n_inner,
+                             static_cast<float*>(out->untyped_data()), &error);
+  } else {
+    std::vector<const double*> in(data.size());
+    for (size_t k = 0; k < data.size(); ++k) in[k] = static_cast<const double*>(data[k]);
+    ok = cpu::execute<double>(*prog, in.data(), n_outer, n_inner,
+                              static_cast<double*>(out->untyped_data()), &error);
+  }
+  if (!ok) return ffi::Error::Internal(error);
+  return ffi::Error::Success();
+}
+
+}  // namespace
+}  // namespace jaxkeops
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxkeops_reduce_cpu, jaxkeops::reduce_impl,
+                              xla::ffi::Ffi::Bind()
+                                  .RemainingArgs()
+                                  .RemainingRets()
+                                  .Attr<std::string_view>("program")
+                                  .Attr<int64_t>("n_inner"));
