@@ -17,6 +17,7 @@ import numpy as np
 from jaxkeops.formula import CAT_I, CAT_J, CAT_NAMES, CAT_P, Const, Node, Var, substitute
 from jaxkeops.ops import apply_op
 from jaxkeops.primitive import keops_reduce
+from jaxkeops.reductions import check_reduction
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -254,12 +255,15 @@ class LazyTensor:
             )
         return axis
 
-    def _reduce(self, reduction: str, axis: int, formulas=None, reduction_params=()):
+    def _reduce(self, reduction: str, axis: int, formulas=None, reduction_params=(),
+                method: str | None = None):
         formulas = (self.formula,) if formulas is None else formulas
+        method = method or reduction
         operands = [v.array for v in self.variables]
         if not operands:
             raise ValueError(
-                "this LazyTensor has no variable: reductions need at least one array operand"
+                f"{method}: this LazyTensor has no variable: reductions need at least one "
+                "array operand"
             )
         dtypes = {np.dtype(x.dtype) for x in operands}
         if len(dtypes) > 1:
@@ -268,6 +272,12 @@ class LazyTensor:
                 for k, v in enumerate(self.variables)
             )
             raise TypeError(f"the variables of one formula must share a dtype; got {seen}")
+        ni, nj = self.ni or 1, self.nj or 1
+        try:
+            check_reduction(reduction, tuple(f.dim for f in formulas), reduction_params,
+                            nj if axis == 1 else ni)
+        except ValueError as e:
+            raise ValueError(f"{method}: {e}") from None
         return keops_reduce(
             operands,
             formulas=formulas,
@@ -275,19 +285,106 @@ class LazyTensor:
             reduction=reduction,
             reduction_params=reduction_params,
             axis=axis,
-            ni=self.ni or 1,
-            nj=self.nj or 1,
+            ni=ni,
+            nj=nj,
         )
+
+    def _reduce_weighted(self, reduction: str, weight, axis: int, method: str):
+        """A reduction of two formulas: the scores (self) and a weight LazyTensor."""
+        if not isinstance(weight, LazyTensor):
+            what = f"an array of shape {tuple(weight.shape)}" if _is_array(weight) else (
+                f"a {type(weight).__name__}")
+            raise TypeError(
+                f"{method}: weight is {what}; expected a LazyTensor (e.g. Vj(w) for weights "
+                "w_j shaped (N, E), or a formula of the same i and j variables)"
+            )
+        try:
+            weight_formula, variables, ni, nj = self._merge(weight)
+        except ValueError as e:
+            raise ValueError(
+                f"{method}: the weight (shape {weight.shape}) does not fit the scores "
+                f"(shape {self.shape}): {e}"
+            ) from None
+        both = LazyTensor._make(self.formula, variables, ni, nj)
+        return both._reduce(reduction, axis, formulas=(self.formula, weight_formula),
+                            method=method)
 
     def sum(self, axis: int | None = -1, dim: int | None = None):
         """`sum(-1)`: sum over the feature axis (a new LazyTensor); `sum(0)` / `sum(1)`: Sum
-        reduction over i / over j, an array shaped (N, D) / (M, D)."""
+        reduction over i / over j, an array shaped (N, D) / (M, D). Accumulated in float64."""
         if dim is not None:
             axis = dim
         if axis in (-1, 2):
             return self._unary("Sum")
         axis = self._reduction_axis(axis, None, "sum")
         return self._reduce("Sum", axis)[0]
+
+    # Below, shapes are given for axis=1 (reduce over j, one row per i); axis=0 swaps M and N.
+    # On an empty reduced axis: logsumexp -inf, min +inf, max -inf, every arg index -1,
+    # sumsoftmaxweight NaN. Index outputs are int32 (int64 under jax_enable_x64); ties go to the
+    # lowest index.
+
+    def logsumexp(self, axis: int | None = None, dim: int | None = None, weight=None):
+        """log Σ_j exp(S_ij) for a scalar formula S: (M, 1). With `weight` w (a LazyTensor of
+        dimension E): log Σ_j exp(S_ij) w_ij, (M, E) (NaN where that sum is negative). Computed
+        with a running maximum: any magnitude of S is safe, -inf entries are masked pairs."""
+        axis = self._reduction_axis(axis, dim, "logsumexp")
+        if weight is None:
+            return self._reduce("LogSumExp", axis, method="logsumexp")[0]
+        return self._reduce_weighted("LogSumExpWeight", weight, axis, "logsumexp")[0]
+
+    def sumsoftmaxweight(self, weight, axis: int | None = None, dim: int | None = None):
+        """Σ_j exp(S_ij) w_ij / Σ_j exp(S_ij) for a scalar formula S and a weight LazyTensor w of
+        dimension E: (M, E). Running maximum, as logsumexp; a row with no unmasked pair is NaN."""
+        axis = self._reduction_axis(axis, dim, "sumsoftmaxweight")
+        return self._reduce_weighted("SumSoftMaxWeight", weight, axis, "sumsoftmaxweight")[0]
+
+    def min(self, axis: int | None = None, dim: int | None = None):
+        """Minimum over the reduced axis, per component: (M, D)."""
+        return self._reduce("Min", self._reduction_axis(axis, dim, "min"), method="min")[0]
+
+    def max(self, axis: int | None = None, dim: int | None = None):
+        """Maximum over the reduced axis, per component: (M, D)."""
+        return self._reduce("Max", self._reduction_axis(axis, dim, "max"), method="max")[0]
+
+    def argmin(self, axis: int | None = None, dim: int | None = None):
+        """Index of the minimum, per component (the lowest on ties): (M, D) integers."""
+        axis = self._reduction_axis(axis, dim, "argmin")
+        return self._reduce("ArgMin", axis, method="argmin")[0]
+
+    def argmax(self, axis: int | None = None, dim: int | None = None):
+        """Index of the maximum, per component (the lowest on ties): (M, D) integers."""
+        axis = self._reduction_axis(axis, dim, "argmax")
+        return self._reduce("ArgMax", axis, method="argmax")[0]
+
+    def min_argmin(self, axis: int | None = None, dim: int | None = None):
+        """(min, argmin) in one pass."""
+        axis = self._reduction_axis(axis, dim, "min_argmin")
+        return tuple(self._reduce("Min_ArgMin", axis, method="min_argmin"))
+
+    def max_argmax(self, axis: int | None = None, dim: int | None = None):
+        """(max, argmax) in one pass."""
+        axis = self._reduction_axis(axis, dim, "max_argmax")
+        return tuple(self._reduce("Max_ArgMax", axis, method="max_argmax"))
+
+    def _kmin(self, reduction: str, method: str, K, axis, dim):
+        if not isinstance(K, numbers.Integral) or isinstance(K, bool):
+            raise TypeError(f"{method}: K is {K!r}; expected a Python int")
+        axis = self._reduction_axis(axis, dim, method)
+        return self._reduce(reduction, axis, reduction_params=(int(K),), method=method)
+
+    def Kmin(self, K: int, axis: int | None = None, dim: int | None = None):
+        """The K smallest values, ascending, per component: (M, K) for a scalar formula,
+        (M, K, D) otherwise. Needs 1 <= K <= the size of the reduced axis."""
+        return self._kmin("KMin", "Kmin", K, axis, dim)[0]
+
+    def argKmin(self, K: int, axis: int | None = None, dim: int | None = None):
+        """Indices of the K smallest values (as Kmin; equal values in ascending index order)."""
+        return self._kmin("ArgKMin", "argKmin", K, axis, dim)[0]
+
+    def Kmin_argKmin(self, K: int, axis: int | None = None, dim: int | None = None):
+        """(Kmin, argKmin) in one pass."""
+        return tuple(self._kmin("KMin_ArgKMin", "Kmin_argKmin", K, axis, dim))
 
 
 def _merge_size(a: int | None, b: int | None, what: str) -> int | None:

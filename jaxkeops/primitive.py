@@ -24,7 +24,7 @@ from jax.interpreters import ad
 
 from jaxkeops.autodiff import jvp_formula, transpose_formula
 from jaxkeops.formula import CAT_I, CAT_J, CAT_NAMES, CAT_P, Var, substitute, walk
-from jaxkeops.reductions import REDUCTIONS
+from jaxkeops.reductions import REDUCTIONS, check_reduction
 
 keops_reduce_p = Primitive("keops_reduce")
 keops_reduce_p.multiple_results = True
@@ -66,7 +66,11 @@ def _abstract_eval(*avals, formulas, var_cats, reduction, reduction_params, axis
                 f"keops_reduce: operand {index} has dtype {aval.dtype}, expected {dtype} "
                 "(all operands share one dtype)"
             )
-    n_outer = ni if axis == 1 else nj
+    n_outer, n_inner = (ni, nj) if axis == 1 else (nj, ni)
+    try:
+        check_reduction(reduction, tuple(f.dim for f in formulas), reduction_params, n_inner)
+    except ValueError as e:
+        raise ValueError(f"keops_reduce ({reduction} reduction): {e}") from None
     outputs = REDUCTIONS[reduction].outputs(
         tuple(f.dim for f in formulas), reduction_params, dtype
     )

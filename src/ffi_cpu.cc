@@ -80,30 +80,64 @@ ffi::Error reduce_impl(ffi::RemainingArgs args, ffi::RemainingRets rets,
   if (!prog) return invalid(error);
   if (n_inner < 0) return invalid("n_inner = " + std::to_string(n_inner) + " is negative");
 
-  if (rets.size() != 1)
-    return invalid("expected 1 output buffer, got " + std::to_string(rets.size()));
-  auto out_or = rets.get<ffi::AnyBuffer>(0);
-  if (!out_or) return invalid("cannot decode the output buffer");
-  ffi::Result<ffi::AnyBuffer> out = *out_or;
-  const ffi::DataType dtype = out->element_type();
-  if (dtype != ffi::DataType::F32 && dtype != ffi::DataType::F64)
-    return invalid(std::string("output dtype is ") + dtype_str(dtype) +
-                   ", expected float32 or float64");
-
-  int64_t out_dim = 0;
-  dispatch_reduction(prog->reduction, [&](auto tag) {
-    using R = typename decltype(tag)::type;
-    out_dim = R(prog->reduction_params, prog->result_dims).out_dim();
-  });
-  const auto odims = out->dimensions();
-  if (odims.size() != 2 || odims[1] != out_dim)
-    return invalid("output has shape " + shape_str(odims) + ", expected (n_outer, " +
-                   std::to_string(out_dim) + ")");
-  const int64_t n_outer = odims[0];
-
   if (args.size() != prog->inputs.size())
     return invalid("the program has " + std::to_string(prog->inputs.size()) +
                    " inputs but the call has " + std::to_string(args.size()) + " operands");
+  const std::vector<OutputInfo> infos =
+      reduction_outputs(prog->reduction, prog->reduction_params, prog->result_dims);
+  if (rets.size() != infos.size())
+    return invalid("expected " + std::to_string(infos.size()) + " output buffer(s), got " +
+                   std::to_string(rets.size()));
+
+  // The compute dtype: the operands' (all alike), else the first value output's.
+  ffi::DataType dtype = ffi::DataType::F32;
+  bool dtype_known = false;
+  if (args.size() > 0) {
+    auto buf_or = args.get<ffi::AnyBuffer>(0);
+    if (!buf_or) return invalid("cannot decode operand 0");
+    dtype = buf_or->element_type();
+    dtype_known = true;
+  }
+
+  // Outputs: (n_outer, trailing...) with the reducer's width; values in the compute dtype,
+  // indices int32 or int64. n_outer is read off output 0.
+  int64_t n_outer = 0;
+  std::vector<cpu::OutputBuffer> outs(infos.size());
+  for (size_t k = 0; k < infos.size(); ++k) {
+    auto out_or = rets.get<ffi::AnyBuffer>(k);
+    if (!out_or) return invalid("cannot decode output buffer " + std::to_string(k));
+    ffi::Result<ffi::AnyBuffer> out = *out_or;
+    const std::string name = "output " + std::to_string(k);
+    const ffi::DataType t = out->element_type();
+    if (infos[k].is_index) {
+      if (t != ffi::DataType::S32 && t != ffi::DataType::S64)
+        return invalid(name + " (indices) has dtype " + dtype_str(t) +
+                       ", expected int32 or int64");
+      outs[k].type = t == ffi::DataType::S32 ? cpu::ElementType::kS32 : cpu::ElementType::kS64;
+    } else {
+      if (!dtype_known) {
+        dtype = t;
+        dtype_known = true;
+      }
+      if (t != dtype || (t != ffi::DataType::F32 && t != ffi::DataType::F64))
+        return invalid(name + " has dtype " + dtype_str(t) + ", expected the operands' dtype " +
+                       dtype_str(dtype) + " (float32 or float64)");
+      outs[k].type = t == ffi::DataType::F32 ? cpu::ElementType::kF32 : cpu::ElementType::kF64;
+    }
+    const auto odims = out->dimensions();
+    int64_t width = 1;
+    for (size_t a = 1; a < odims.size(); ++a) width *= odims[a];
+    if (k == 0 && odims.size() >= 1) n_outer = odims[0];
+    if (odims.size() < 2 || odims[0] != n_outer || width != infos[k].width)
+      return invalid(name + " has shape " + shape_str(odims) + ", expected (" +
+                     std::to_string(n_outer) + ", ...) with " + std::to_string(infos[k].width) +
+                     " values per row");
+    outs[k].data = out->untyped_data();
+  }
+  if (dtype != ffi::DataType::F32 && dtype != ffi::DataType::F64)
+    return invalid(std::string("operand dtype is ") + dtype_str(dtype) +
+                   ", expected float32 or float64");
+
   std::vector<const void*> data(args.size());
   for (size_t k = 0; k < args.size(); ++k) {
     auto buf_or = args.get<ffi::AnyBuffer>(k);
@@ -112,8 +146,8 @@ ffi::Error reduce_impl(ffi::RemainingArgs args, ffi::RemainingRets rets,
     const InputSpec& spec = prog->inputs[k];
     const std::string name = "operand " + std::to_string(k) + " (" + role_name(spec.role) + ")";
     if (buf.element_type() != dtype)
-      return invalid(name + " has dtype " + dtype_str(buf.element_type()) +
-                     ", expected the output's dtype " + dtype_str(dtype));
+      return invalid(name + " has dtype " + dtype_str(buf.element_type()) + ", expected " +
+                     dtype_str(dtype) + " (all operands share one dtype)");
     const auto dims = buf.dimensions();
     if (spec.role == kParam) {
       if (dims.size() != 1 || dims[0] != spec.dim)
@@ -133,13 +167,11 @@ ffi::Error reduce_impl(ffi::RemainingArgs args, ffi::RemainingRets rets,
   if (dtype == ffi::DataType::F32) {
     std::vector<const float*> in(data.size());
     for (size_t k = 0; k < data.size(); ++k) in[k] = static_cast<const float*>(data[k]);
-    ok = cpu::execute<float>(*prog, in.data(), n_outer, n_inner,
-                             static_cast<float*>(out->untyped_data()), &error);
+    ok = cpu::execute<float>(*prog, in.data(), n_outer, n_inner, outs.data(), &error);
   } else {
     std::vector<const double*> in(data.size());
     for (size_t k = 0; k < data.size(); ++k) in[k] = static_cast<const double*>(data[k]);
-    ok = cpu::execute<double>(*prog, in.data(), n_outer, n_inner,
-                              static_cast<double*>(out->untyped_data()), &error);
+    ok = cpu::execute<double>(*prog, in.data(), n_outer, n_inner, outs.data(), &error);
   }
   if (!ok) return ffi::Error::Internal(error);
   return ffi::Error::Success();

@@ -433,19 +433,54 @@ void run_item(const Plan<T>& plan, const R& red, const T* const* inputs,
   }
 }
 
+// Writes one finalized row (the outputs concatenated, in double) into the output buffers.
+class OutputWriter {
+ public:
+  OutputWriter(const OutputBuffer* outs, const std::vector<OutputInfo>& infos)
+      : outs_(outs), infos_(infos) {
+    for (const OutputInfo& o : infos) width_ += o.width;
+  }
+  int64_t width() const { return width_; }
+
+  void write(const double* row_values, int64_t row) const {
+    const double* src = row_values;
+    for (size_t k = 0; k < infos_.size(); ++k) {
+      const int64_t w = infos_[k].width;
+      const int64_t at = row * w;
+      switch (outs_[k].type) {
+        case ElementType::kF32: copy(src, static_cast<float*>(outs_[k].data) + at, w); break;
+        case ElementType::kF64: copy(src, static_cast<double*>(outs_[k].data) + at, w); break;
+        case ElementType::kS32: copy(src, static_cast<int32_t*>(outs_[k].data) + at, w); break;
+        case ElementType::kS64: copy(src, static_cast<int64_t*>(outs_[k].data) + at, w); break;
+      }
+      src += w;
+    }
+  }
+
+ private:
+  template <class U>
+  static void copy(const double* src, U* dst, int64_t n) {
+    for (int64_t d = 0; d < n; ++d) dst[d] = static_cast<U>(src[d]);
+  }
+  const OutputBuffer* outs_;
+  const std::vector<OutputInfo>& infos_;
+  int64_t width_ = 0;
+};
+
 template <class T, class R>
-bool run(const Program& prog, const T* const* inputs, int64_t n_outer, int64_t n_inner, T* out,
-         std::string* error) {
+bool run(const Program& prog, const T* const* inputs, int64_t n_outer, int64_t n_inner,
+         const OutputBuffer* outs, std::string* error) {
   const R red(prog.reduction_params, prog.result_dims);
   const int64_t S = red.state_size();
-  const int64_t out_dim = red.out_dim();
+  const std::vector<OutputInfo> infos = red.outputs();
+  const OutputWriter writer(outs, infos);
+  const int64_t W = writer.width();
   if (n_outer <= 0) return true;
   if (n_inner <= 0) {
-    std::vector<double> st(S);
-    for (int64_t r = 0; r < n_outer; ++r) {
-      red.init(st.data());
-      red.template finalize<T>(st.data(), out + r * out_dim);
-    }
+    std::vector<double> st(S), row(W);
+    red.init(st.data());
+    red.finalize(st.data(), row.data());
+    for (int64_t r = 0; r < n_outer; ++r) writer.write(row.data(), r);
     return true;
   }
 
@@ -456,7 +491,8 @@ bool run(const Program& prog, const T* const* inputs, int64_t n_outer, int64_t n
   const int64_t n_chunks = (n_outer + RC - 1) / RC;
   const int64_t nt = num_threads();
 
-  // Split the inner axis when there are too few row chunks to feed every thread.
+  // Split the inner axis when there are too few row chunks to feed every thread; the partial
+  // states of a row are combined in inner order afterwards.
   int64_t n_splits = 1;
   if (n_chunks < 4 * nt) {
     const int64_t want = (4 * nt + n_chunks - 1) / n_chunks;
@@ -472,10 +508,12 @@ bool run(const Program& prog, const T* const* inputs, int64_t n_outer, int64_t n
     ok = parallel_for(n_chunks, [&](int64_t c) {
       const int64_t r0 = c * RC;
       const int64_t rows = std::min(RC, n_outer - r0);
-      std::vector<double> st(rows * S);
+      std::vector<double> st(rows * S), row(W);
       run_item<T, R>(plan, red, inputs, in_specs, r0, rows, 0, n_inner, st.data());
-      for (int64_t r = 0; r < rows; ++r)
-        red.template finalize<T>(st.data() + r * S, out + (r0 + r) * out_dim);
+      for (int64_t r = 0; r < rows; ++r) {
+        red.finalize(st.data() + r * S, row.data());
+        writer.write(row.data(), r0 + r);
+      }
     });
   } else {
     std::vector<double> partial(n_chunks * n_splits * RC * S);
@@ -488,6 +526,7 @@ bool run(const Program& prog, const T* const* inputs, int64_t n_outer, int64_t n
                      partial.data() + item * RC * S);
     });
     if (ok) {
+      std::vector<double> row(W);
       for (int64_t c = 0; c < n_chunks; ++c) {
         const int64_t r0 = c * RC;
         const int64_t rows = std::min(RC, n_outer - r0);
@@ -495,7 +534,8 @@ bool run(const Program& prog, const T* const* inputs, int64_t n_outer, int64_t n
           double* acc = partial.data() + (c * n_splits) * RC * S + r * S;
           for (int64_t s = 1; s < n_splits; ++s)
             red.combine(acc, partial.data() + (c * n_splits + s) * RC * S + r * S);
-          red.template finalize<T>(acc, out + (r0 + r) * out_dim);
+          red.finalize(acc, row.data());
+          writer.write(row.data(), r0 + r);
         }
       }
     }
@@ -508,12 +548,12 @@ bool run(const Program& prog, const T* const* inputs, int64_t n_outer, int64_t n
 
 template <class T>
 bool execute(const Program& prog, const T* const* inputs, int64_t n_outer, int64_t n_inner,
-             T* out, std::string* error) {
+             const OutputBuffer* outs, std::string* error) {
   bool ok = false;
   try {
     bool known = dispatch_reduction(prog.reduction, [&](auto tag) {
       using R = typename decltype(tag)::type;
-      ok = run<T, R>(prog, inputs, n_outer, n_inner, out, error);
+      ok = run<T, R>(prog, inputs, n_outer, n_inner, outs, error);
     });
     if (!known) *error = "jaxkeops CPU executor: unknown reduction";
   } catch (const std::exception& e) {
@@ -523,9 +563,9 @@ bool execute(const Program& prog, const T* const* inputs, int64_t n_outer, int64
   return ok;
 }
 
-template bool execute<float>(const Program&, const float* const*, int64_t, int64_t, float*,
-                             std::string*);
-template bool execute<double>(const Program&, const double* const*, int64_t, int64_t, double*,
-                              std::string*);
+template bool execute<float>(const Program&, const float* const*, int64_t, int64_t,
+                             const OutputBuffer*, std::string*);
+template bool execute<double>(const Program&, const double* const*, int64_t, int64_t,
+                              const OutputBuffer*, std::string*);
 
 }  // namespace jaxkeops::cpu

@@ -8,16 +8,25 @@
 
 namespace jaxkeops::cpu {
 
+enum class ElementType { kF32, kF64, kS32, kS64 };
+
+// One output of the reduction: (n_outer, width) row-major, values of the input dtype or indices.
+struct OutputBuffer {
+  void* data;
+  ElementType type;
+};
+
 // inputs[k]: data of input k (outer/inner: (n, dim) row-major, param: (dim,)).
-// out: (n_outer, out_dim) row-major. Shapes must have been checked against the program.
+// outs[k]: output k of the reduction (reduction_outputs() gives their widths and kinds).
+// Shapes and dtypes must have been checked against the program.
 // Returns false with *error set on an internal failure (e.g. out of memory).
 template <class T>
 bool execute(const Program& prog, const T* const* inputs, int64_t n_outer, int64_t n_inner,
-             T* out, std::string* error);
+             const OutputBuffer* outs, std::string* error);
 
 extern template bool execute<float>(const Program&, const float* const*, int64_t, int64_t,
-                                    float*, std::string*);
+                                    const OutputBuffer*, std::string*);
 extern template bool execute<double>(const Program&, const double* const*, int64_t, int64_t,
-                                     double*, std::string*);
+                                     const OutputBuffer*, std::string*);
 
 }  // namespace jaxkeops::cpu
