@@ -272,7 +272,9 @@ class LazyTensor:
                 for k, v in enumerate(self.variables)
             )
             raise TypeError(f"the variables of one formula must share a dtype; got {seen}")
-        ni, nj = self.ni or 1, self.nj or 1
+        # An axis without a variable has size 1; an empty one (0) stays empty.
+        ni = 1 if self.ni is None else self.ni
+        nj = 1 if self.nj is None else self.nj
         try:
             check_reduction(reduction, tuple(f.dim for f in formulas), reduction_params,
                             nj if axis == 1 else ni)
