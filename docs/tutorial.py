@@ -1,5 +1,6 @@
-"""jaxkeops tutorial: symbolic matrices and their reductions (the KeOps "fancy reductions" walk-through:
-Sum, LogSumExp, Min/Max and their arg versions, K-min, SumSoftMaxWeight; then linear solves).
+"""jaxkeops tutorial: symbolic matrices and their reductions, the steps of the KeOps "fancy
+reductions" walk-through (Sum, LogSumExp, Min/Max and their arg versions, K-min, SumSoftMaxWeight;
+then linear solves).
 
 Run it: `python docs/tutorial.py`. Every step prints the shapes it gets and checks the values
 against a dense jnp computation, so the script doubles as a smoke test of the installation.
@@ -61,7 +62,7 @@ def gaussian_product(x, y, b):
 
 check("Gaussian kernel product (jit), sum over j", gaussian_product(x, y, b),
       np.exp(-S_dense) @ np.asarray(b, np.float64))
-# --- LogSumExp: a stable log-sum-exp over i or j ----------------------------------------------------
+# --- LogSumExp: a stable log-sum-exp over i or j -----------------------------------------------
 # log sum_i exp(S_ij), computed with a running maximum inside the kernel: scores of any magnitude
 # neither overflow nor vanish. S must be scalar; the result keeps a trailing dim of 1.
 def dense_logsumexp(s, axis):
@@ -136,7 +137,7 @@ d_knn, i_knn = knn(x, y)
 check("3 nearest neighbours (jit): squared distances", d_knn, np.sort(S_dense, 1)[:, :3])
 check("3 nearest neighbours (jit): indices", values_at(S_dense, i_knn, 1), d_knn)
 
-# --- SumSoftMaxWeight: softmax-weighted averages ----------------------------------------------------
+# --- SumSoftMaxWeight: softmax-weighted averages -----------------------------------------------
 # a_i = sum_j exp(s_ij) v_ij / sum_j exp(s_ij), with scalar scores and vector weights (running
 # maximum again: this is attention without the M×N matrix).
 a_i = S_ij.sumsoftmaxweight(V_ij, dim=1)

@@ -16,7 +16,8 @@
 //     // v[k].ptr[d * v[k].dim_stride + l * LaneStride] (LaneStride 0: same value on every lane).
 //     // `inner_base` is the inner index of lane 0 (for arg-reductions).
 //     template <int LaneStride, class T>
-//     void accumulate(double* state, const ResultView<T>* v, int64_t n_valid, int64_t inner_base) const;
+//     void accumulate(double* state, const ResultView<T>* v, int64_t n_valid,
+//                     int64_t inner_base) const;
 //     // a covers a lower inner range than b (ties keep a's index).
 //     void combine(double* a, const double* b) const;
 //     // The outputs of one row, concatenated, in double (indices are exact integers); the
@@ -181,7 +182,8 @@ struct ExpSumReducer {
     if (!detail::check_shape(kName, params, 0, result_dims, kWeighted ? 2 : 1, error))
       return false;
     if (result_dims[0] != 1) {
-      *error = std::string("reduction ") + kName + " needs a scalar score (result 0 of dim 1), got dim " +
+      *error = std::string("reduction ") + kName +
+               " needs a scalar score (result 0 of dim 1), got dim " +
                std::to_string(result_dims[0]);
       return false;
     }
@@ -223,29 +225,34 @@ struct ExpSumReducer {
       m = tile_max;
     }
     const T shift = static_cast<T>(m);  // exact: m is one of the T scores
+    if constexpr (!kWeighted) {
+      double z = 0.0;
+#pragma omp simd reduction(+ : z)
+      for (int64_t l = 0; l < n_valid; ++l)
+        z += static_cast<double>(fast_exp(static_cast<T>(s[l * LS] - shift)));
+      state[1] += z;
+      return;
+    }
     // exp(S - m) of a block of lanes, then the sums (in double) that use it.
     constexpr int64_t kBlock = 64;
     T w[kBlock];
     for (int64_t l0 = 0; l0 < n_valid; l0 += kBlock) {
       const int64_t nb = n_valid - l0 < kBlock ? n_valid - l0 : kBlock;
       const T* sb = s + l0 * LS;
-#pragma omp simd
-      for (int64_t l = 0; l < nb; ++l) w[l] = fast_exp(static_cast<T>(sb[l * LS] - shift));
-      if constexpr (kDenominator) {
-        double z = 0.0;
+      double z = 0.0;
 #pragma omp simd reduction(+ : z)
-        for (int64_t l = 0; l < nb; ++l) z += static_cast<double>(w[l]);
-        state[1] += z;
+      for (int64_t l = 0; l < nb; ++l) {
+        w[l] = fast_exp(static_cast<T>(sb[l * LS] - shift));
+        z += static_cast<double>(w[l]);
       }
-      if constexpr (kWeighted) {
-        for (int64_t e = 0; e < e_; ++e) {
-          const T* we = v[1].ptr + e * v[1].dim_stride + l0 * LS;
-          double z = 0.0;
-#pragma omp simd reduction(+ : z)
-          for (int64_t l = 0; l < nb; ++l)
-            z += static_cast<double>(w[l]) * static_cast<double>(we[l * LS]);
-          state[2 + e] += z;
-        }
+      if constexpr (kDenominator) state[1] += z;
+      for (int64_t e = 0; e < e_; ++e) {
+        const T* we = v[1].ptr + e * v[1].dim_stride + l0 * LS;
+        double ze = 0.0;
+#pragma omp simd reduction(+ : ze)
+        for (int64_t l = 0; l < nb; ++l)
+          ze += static_cast<double>(w[l]) * static_cast<double>(we[l * LS]);
+        state[2 + e] += ze;
       }
     }
   }
@@ -288,8 +295,12 @@ enum class PickOutputs { kValue, kIndex, kBoth };
 template <bool IsMax, PickOutputs Out>
 struct MinMaxReducer {
   static constexpr const char* kName =
-      IsMax ? (Out == PickOutputs::kValue ? "Max" : Out == PickOutputs::kIndex ? "ArgMax" : "Max_ArgMax")
-            : (Out == PickOutputs::kValue ? "Min" : Out == PickOutputs::kIndex ? "ArgMin" : "Min_ArgMin");
+      IsMax ? (Out == PickOutputs::kValue   ? "Max"
+               : Out == PickOutputs::kIndex ? "ArgMax"
+                                            : "Max_ArgMax")
+            : (Out == PickOutputs::kValue   ? "Min"
+               : Out == PickOutputs::kIndex ? "ArgMin"
+                                            : "Min_ArgMin");
 
   static bool check(const std::vector<int32_t>& params, const std::vector<int32_t>& result_dims,
                     std::string* error) {
@@ -319,7 +330,8 @@ struct MinMaxReducer {
   }
 
   template <int LaneStride, class T>
-  void accumulate(double* state, const ResultView<T>* v, int64_t n_valid, int64_t inner_base) const {
+  void accumulate(double* state, const ResultView<T>* v, int64_t n_valid,
+                  int64_t inner_base) const {
     constexpr int64_t LS = LaneStride;
     for (int64_t d = 0; d < dim_; ++d) {
       const T* p = v[0].ptr + d * v[0].dim_stride;
@@ -407,7 +419,8 @@ struct KMinReducer {
   }
 
   template <int LaneStride, class T>
-  void accumulate(double* state, const ResultView<T>* v, int64_t n_valid, int64_t inner_base) const {
+  void accumulate(double* state, const ResultView<T>* v, int64_t n_valid,
+                  int64_t inner_base) const {
     constexpr int64_t LS = LaneStride;
     const int64_t K = k_;
     for (int64_t d = 0; d < dim_; ++d) {
@@ -507,10 +520,14 @@ bool dispatch_reduction(int32_t code, F&& f) {
       return true;
     case Reduction::Min: f(ReducerTag<MinMaxReducer<false, PickOutputs::kValue>>{}); return true;
     case Reduction::ArgMin: f(ReducerTag<MinMaxReducer<false, PickOutputs::kIndex>>{}); return true;
-    case Reduction::Min_ArgMin: f(ReducerTag<MinMaxReducer<false, PickOutputs::kBoth>>{}); return true;
+    case Reduction::Min_ArgMin:
+      f(ReducerTag<MinMaxReducer<false, PickOutputs::kBoth>>{});
+      return true;
     case Reduction::Max: f(ReducerTag<MinMaxReducer<true, PickOutputs::kValue>>{}); return true;
     case Reduction::ArgMax: f(ReducerTag<MinMaxReducer<true, PickOutputs::kIndex>>{}); return true;
-    case Reduction::Max_ArgMax: f(ReducerTag<MinMaxReducer<true, PickOutputs::kBoth>>{}); return true;
+    case Reduction::Max_ArgMax:
+      f(ReducerTag<MinMaxReducer<true, PickOutputs::kBoth>>{});
+      return true;
     case Reduction::KMin: f(ReducerTag<KMinReducer<PickOutputs::kValue>>{}); return true;
     case Reduction::ArgKMin: f(ReducerTag<KMinReducer<PickOutputs::kIndex>>{}); return true;
     case Reduction::KMin_ArgKMin: f(ReducerTag<KMinReducer<PickOutputs::kBoth>>{}); return true;
