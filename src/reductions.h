@@ -427,27 +427,32 @@ struct KMinReducer {
       const T* p = v[0].ptr + d * v[0].dim_stride;
       double* vals = state + d * K;
       double* idx = state + k_ * dim_ + d * K;
-      // Once the buffer is full, most tiles have no candidate: test that vectorised first.
-      if (idx[K - 1] >= 0) {
-        const T threshold = static_cast<T>(vals[K - 1]);  // exact: one of the T values
-        int any = 0;
+      constexpr int64_t kBlock = 16;
+      for (int64_t l0 = 0; l0 < n_valid; l0 += kBlock) {
+        const int64_t nb = n_valid - l0 < kBlock ? n_valid - l0 : kBlock;
+        const T* pb = p + l0 * LS;
+        // Once the buffer is full most lanes are no candidate: test a block vectorised first.
+        if (idx[K - 1] >= 0) {
+          const T threshold = static_cast<T>(vals[K - 1]);  // exact: one of the T values
+          int any = 0;
 #pragma omp simd reduction(| : any)
-        for (int64_t l = 0; l < n_valid; ++l) any |= p[l * LS] < threshold;
-        if (!any) continue;
-      }
-      for (int64_t l = 0; l < n_valid; ++l) {
-        const double x = static_cast<double>(p[l * LS]);
-        if (x != x) continue;
-        if (idx[K - 1] >= 0 && !(x < vals[K - 1])) continue;
-        // Insertion: shift the empty slots and the larger values one place to the right.
-        int64_t s = K - 1;
-        while (s > 0 && (idx[s - 1] < 0 || vals[s - 1] > x)) {
-          vals[s] = vals[s - 1];
-          idx[s] = idx[s - 1];
-          --s;
+          for (int64_t l = 0; l < nb; ++l) any |= pb[l * LS] < threshold;
+          if (!any) continue;
         }
-        vals[s] = x;
-        idx[s] = static_cast<double>(inner_base + l);
+        for (int64_t l = 0; l < nb; ++l) {
+          const double x = static_cast<double>(pb[l * LS]);
+          if (x != x) continue;
+          if (idx[K - 1] >= 0 && !(x < vals[K - 1])) continue;
+          // Insertion: shift the empty slots and the larger values one place to the right.
+          int64_t s = K - 1;
+          while (s > 0 && (idx[s - 1] < 0 || vals[s - 1] > x)) {
+            vals[s] = vals[s - 1];
+            idx[s] = idx[s - 1];
+            --s;
+          }
+          vals[s] = x;
+          idx[s] = static_cast<double>(inner_base + l0 + l);
+        }
       }
     }
   }
