@@ -342,30 +342,32 @@ class LazyTensor:
         return self._reduce_weighted("SumSoftMaxWeight", weight, axis, "sumsoftmaxweight")[0]
 
     def min(self, axis: int | None = None, dim: int | None = None):
-        """Minimum over the reduced axis, per component: (M, D)."""
+        """Minimum over the reduced axis, per component: (M, D); +inf on an empty axis."""
         return self._reduce("Min", self._reduction_axis(axis, dim, "min"), method="min")[0]
 
     def max(self, axis: int | None = None, dim: int | None = None):
-        """Maximum over the reduced axis, per component: (M, D)."""
+        """Maximum over the reduced axis, per component: (M, D); -inf on an empty axis."""
         return self._reduce("Max", self._reduction_axis(axis, dim, "max"), method="max")[0]
 
     def argmin(self, axis: int | None = None, dim: int | None = None):
-        """Index of the minimum, per component (the lowest on ties): (M, D) integers."""
+        """Index of the minimum, per component (the lowest on ties): (M, D) integers; -1 on an
+        empty reduced axis."""
         axis = self._reduction_axis(axis, dim, "argmin")
         return self._reduce("ArgMin", axis, method="argmin")[0]
 
     def argmax(self, axis: int | None = None, dim: int | None = None):
-        """Index of the maximum, per component (the lowest on ties): (M, D) integers."""
+        """Index of the maximum, per component (the lowest on ties): (M, D) integers; -1 on an
+        empty reduced axis."""
         axis = self._reduction_axis(axis, dim, "argmax")
         return self._reduce("ArgMax", axis, method="argmax")[0]
 
     def min_argmin(self, axis: int | None = None, dim: int | None = None):
-        """(min, argmin) in one pass."""
+        """(min, argmin) in one pass; (+inf, -1) on an empty reduced axis."""
         axis = self._reduction_axis(axis, dim, "min_argmin")
         return tuple(self._reduce("Min_ArgMin", axis, method="min_argmin"))
 
     def max_argmax(self, axis: int | None = None, dim: int | None = None):
-        """(max, argmax) in one pass."""
+        """(max, argmax) in one pass; (-inf, -1) on an empty reduced axis."""
         axis = self._reduction_axis(axis, dim, "max_argmax")
         return tuple(self._reduce("Max_ArgMax", axis, method="max_argmax"))
 
