@@ -11,7 +11,8 @@ every arg index -1 (as KeOps' "no index"), SumSoftMaxWeight NaN (an empty averag
 reductions need 1 <= K <= n_inner, so they never see an empty axis.
 
 Index outputs are int32, or int64 when jax_enable_x64 is on (decided at trace time). Ties go to
-the lowest inner index; K-min lists equal values in ascending index order.
+the lowest inner index; K-min lists equal values in ascending index order. NaN values: the native
+min/max/K-min kernels skip them (as KeOps' comparisons do), the jnp references propagate them.
 """
 
 from __future__ import annotations
