@@ -72,6 +72,7 @@ class LazyTensor:
         self.variables: tuple[_Variable, ...] = ()
         self.ni: int | None = None
         self.nj: int | None = None
+        self.batch_shape: tuple[int, ...] = ()  # KeOps batch dimensions, broadcast NumPy-style
         if x is None:  # internal: filled in by _make
             return
         if isinstance(x, numbers.Number) and not _is_array(x):
@@ -97,26 +98,25 @@ class LazyTensor:
             cat, array = CAT_P, x.reshape(-1)
             if array.shape[0] == 0:
                 raise ValueError(f"{what}: a parameter needs at least one value")
-        elif x.ndim == 3:
-            cat = _category_of_3d(tuple(x.shape), what)
-            array = x.reshape(x.shape[-1]) if cat == CAT_P else x.reshape(-1, x.shape[-1])
-        elif x.ndim == 2:
+        elif x.ndim >= 3:
+            # (*batch, M, 1, D), (*batch, 1, N, D) or (*batch, 1, 1, D), as KeOps.
+            batch, grid = tuple(x.shape[:-3]), tuple(x.shape[-3:])
+            cat = _category_of_3d(grid, what)
+            keep = (grid[2],) if cat == CAT_P else (grid[0] if cat == CAT_I else grid[1], grid[2])
+            array = x.reshape(batch + keep)
+        else:
             raise ValueError(
                 f"{what} is ambiguous: reshape it to (M, 1, D) or (1, N, D), "
                 "or use Vi(x) / Vj(x) (or pass axis=0 / axis=1)"
-            )
-        else:
-            raise ValueError(
-                f"{what}: expected (M, 1, D), (1, N, D), (1, 1, D), 0-d or 1-d "
-                "(batch dimensions are not supported yet)"
             )
         if array.shape[-1] == 0:
             raise ValueError(f"{what}: the feature dimension D must be at least 1")
         self.variables = (_Variable(array, cat),)
         if cat == CAT_I:
-            self.ni = int(array.shape[0])
+            self.ni = int(array.shape[-2])
         elif cat == CAT_J:
-            self.nj = int(array.shape[0])
+            self.nj = int(array.shape[-2])
+        self.batch_shape = _variable_batch_shape(array, cat)
         self.formula = Var(0, int(array.shape[-1]), cat)
 
     # --- construction ------------------------------------------------------------------------
@@ -125,6 +125,7 @@ class LazyTensor:
     def _make(formula: Node, variables, ni, nj) -> "LazyTensor":
         out = LazyTensor()
         out.formula, out.variables, out.ni, out.nj = formula, tuple(variables), ni, nj
+        out.batch_shape = _broadcast_batch_shapes(variables)
         return out
 
     @staticmethod
@@ -231,11 +232,11 @@ class LazyTensor:
 
     @property
     def ndim(self) -> int:
-        return 2 if self.formula.dim == 1 else 3
+        return len(self.shape)
 
     @property
     def shape(self) -> tuple[int, ...]:
-        grid = (self.ni or 1, self.nj or 1)
+        grid = self.batch_shape + (self.ni or 1, self.nj or 1)
         return grid if self.formula.dim == 1 else grid + (self.formula.dim,)
 
     def __repr__(self) -> str:
@@ -244,19 +245,32 @@ class LazyTensor:
     # --- reductions ----------------------------------------------------------------------------
 
     def _reduction_axis(self, axis, dim, method: str) -> int:
+        """0 (over i) or 1 (over j), from KeOps' axis: with k batch dims, k means i, k+1 j."""
         if dim is not None:
             if axis is not None and axis != dim:
                 raise ValueError(f"{method}: axis={axis} and dim={dim} disagree")
             axis = dim
-        if axis not in (0, 1):
+        k = len(self.batch_shape)
+        if axis not in (k, k + 1):
             raise ValueError(
-                f"{method}: axis={axis}; expected 0 (reduce over i) or 1 (reduce over j)"
+                f"{method}: axis={axis}; expected {k} (reduce over i) or {k + 1} (reduce over j)"
+                + (f" for a LazyTensor with {k} batch dimension(s)" if k else "")
             )
-        return axis
+        return axis - k
+
+    def _batched_operands(self):
+        """The variables' arrays with batch dims of the full rank (leading 1s added: free)."""
+        k = len(self.batch_shape)
+        out = []
+        for v in self.variables:
+            base_rank = 1 if v.cat == CAT_P else 2
+            missing = k - (v.array.ndim - base_rank)
+            out.append(v.array.reshape((1,) * missing + tuple(v.array.shape)) if missing else v.array)
+        return out
 
     def _reduce(self, reduction: str, axis: int, formulas=None, reduction_params=()):
         formulas = (self.formula,) if formulas is None else formulas
-        operands = [v.array for v in self.variables]
+        operands = self._batched_operands()
         if not operands:
             raise ValueError(
                 "this LazyTensor has no variable: reductions need at least one array operand"
@@ -277,6 +291,7 @@ class LazyTensor:
             axis=axis,
             ni=self.ni or 1,
             nj=self.nj or 1,
+            batch_shape=self.batch_shape,
         )
 
     def sum(self, axis: int | None = -1, dim: int | None = None):
@@ -284,10 +299,25 @@ class LazyTensor:
         reduction over i / over j, an array shaped (N, D) / (M, D)."""
         if dim is not None:
             axis = dim
-        if axis in (-1, 2):
+        if axis in (-1, len(self.batch_shape) + 2):
             return self._unary("Sum")
         axis = self._reduction_axis(axis, None, "sum")
         return self._reduce("Sum", axis)[0]
+
+
+def _variable_batch_shape(array, cat: int) -> tuple[int, ...]:
+    return tuple(array.shape[: array.ndim - (1 if cat == CAT_P else 2)])
+
+
+def _broadcast_batch_shapes(variables) -> tuple[int, ...]:
+    shapes = [_variable_batch_shape(v.array, v.cat) for v in variables]
+    try:
+        return tuple(np.broadcast_shapes(*shapes)) if shapes else ()
+    except ValueError:
+        raise ValueError(
+            f"incompatible batch dimensions {', '.join(map(str, shapes))}: "
+            "expected shapes that broadcast against each other (NumPy rules)"
+        ) from None
 
 
 def _merge_size(a: int | None, b: int | None, what: str) -> int | None:
