@@ -18,10 +18,6 @@ from jaxkeops.reference import chunked_reduce
 
 def _native_lowering(ctx, *operands, formulas, var_cats, reduction, reduction_params, axis, ni, nj,
                      batch_shape):
-    if batch_shape:  # batch loop in the kernels: next commit; meanwhile the chunked path
-        return _fallback_lowering(ctx, *operands, formulas=formulas, var_cats=var_cats,
-                                  reduction=reduction, reduction_params=reduction_params,
-                                  axis=axis, ni=ni, nj=nj, batch_shape=batch_shape)
     program = compile_program(
         formulas,
         var_cats,

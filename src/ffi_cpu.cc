@@ -9,6 +9,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "batch.h"
 #include "cpu/executor.h"
 #include "program.h"
 #include "xla/ffi/api/ffi.h"
@@ -95,16 +96,18 @@ ffi::Error reduce_impl(ffi::RemainingArgs args, ffi::RemainingRets rets,
     using R = typename decltype(tag)::type;
     out_dim = R(prog->reduction_params, prog->result_dims).out_dim();
   });
+  // Output (*batch, n_outer, out_dim): the batch dims are everything before the last two.
   const auto odims = out->dimensions();
-  if (odims.size() != 2 || odims[1] != out_dim)
-    return invalid("output has shape " + shape_str(odims) + ", expected (n_outer, " +
+  if (odims.size() < 2 || odims[odims.size() - 1] != out_dim)
+    return invalid("output has shape " + shape_str(odims) + ", expected (*batch, n_outer, " +
                    std::to_string(out_dim) + ")");
-  const int64_t n_outer = odims[0];
+  const int64_t n_outer = odims[odims.size() - 2];
+  BatchLayout batch(std::vector<int64_t>(odims.begin(), odims.end() - 2));
 
   if (args.size() != prog->inputs.size())
     return invalid("the program has " + std::to_string(prog->inputs.size()) +
                    " inputs but the call has " + std::to_string(args.size()) + " operands");
-  std::vector<const void*> data(args.size());
+  std::vector<const char*> data(args.size());
   for (size_t k = 0; k < args.size(); ++k) {
     auto buf_or = args.get<ffi::AnyBuffer>(k);
     if (!buf_or) return invalid("cannot decode operand " + std::to_string(k));
@@ -115,31 +118,40 @@ ffi::Error reduce_impl(ffi::RemainingArgs args, ffi::RemainingRets rets,
       return invalid(name + " has dtype " + dtype_str(buf.element_type()) +
                      ", expected the output's dtype " + dtype_str(dtype));
     const auto dims = buf.dimensions();
+    const size_t base_rank = spec.role == kParam ? 1 : 2;
+    std::string batch_error;
+    if (!batch.add_operand(dims.begin(), dims.size(), base_rank, &batch_error))
+      return invalid(name + " of shape " + shape_str(dims) + " " + batch_error);
+    const int64_t* base = dims.begin() + batch.rank();
     if (spec.role == kParam) {
-      if (dims.size() != 1 || dims[0] != spec.dim)
-        return invalid(name + " has shape " + shape_str(dims) + ", expected (" +
-                       std::to_string(spec.dim) + ",)");
+      if (base[0] != spec.dim)
+        return invalid(name + " has shape " + shape_str(dims) + ", expected (*batch, " +
+                       std::to_string(spec.dim) + ")");
     } else {
       const int64_t n = spec.role == kOuter ? n_outer : n_inner;
-      if (dims.size() != 2 || dims[0] != n || dims[1] != spec.dim)
-        return invalid(name + " has shape " + shape_str(dims) + ", expected (" +
+      if (base[0] != n || base[1] != spec.dim)
+        return invalid(name + " has shape " + shape_str(dims) + ", expected (*batch, " +
                        std::to_string(n) + ", " + std::to_string(spec.dim) + ")" +
                        (spec.role == kOuter ? " (n_outer from the output)" : " (n_inner)"));
     }
-    data[k] = buf.untyped_data();
+    data[k] = static_cast<const char*>(buf.untyped_data());
   }
 
-  bool ok;
-  if (dtype == ffi::DataType::F32) {
-    std::vector<const float*> in(data.size());
-    for (size_t k = 0; k < data.size(); ++k) in[k] = static_cast<const float*>(data[k]);
-    ok = cpu::execute<float>(*prog, in.data(), n_outer, n_inner,
-                             static_cast<float*>(out->untyped_data()), &error);
-  } else {
-    std::vector<const double*> in(data.size());
-    for (size_t k = 0; k < data.size(); ++k) in[k] = static_cast<const double*>(data[k]);
-    ok = cpu::execute<double>(*prog, in.data(), n_outer, n_inner,
-                              static_cast<double*>(out->untyped_data()), &error);
+  // One problem per batch index, each run on all cores.
+  const size_t width = dtype == ffi::DataType::F32 ? sizeof(float) : sizeof(double);
+  char* out_data = static_cast<char*>(out->untyped_data());
+  bool ok = true;
+  std::vector<const void*> in(data.size());
+  for (int64_t b = 0; ok && b < batch.count(); ++b) {
+    for (size_t k = 0; k < data.size(); ++k) in[k] = data[k] + batch.offset(k, b) * width;
+    void* out_b = out_data + b * n_outer * out_dim * width;
+    if (dtype == ffi::DataType::F32) {
+      ok = cpu::execute<float>(*prog, reinterpret_cast<const float* const*>(in.data()), n_outer,
+                               n_inner, static_cast<float*>(out_b), &error);
+    } else {
+      ok = cpu::execute<double>(*prog, reinterpret_cast<const double* const*>(in.data()), n_outer,
+                                n_inner, static_cast<double*>(out_b), &error);
+    }
   }
   if (!ok) return ffi::Error::Internal(error);
   return ffi::Error::Success();

@@ -47,6 +47,24 @@ def _gaussian_sum(M, N, D=3):
     return candidates, M * N, f"Gaussian sum, M={M}, N={N}, D={D}, float32"
 
 
+def _vmap_gaussian(M, N, D=3, B=64):
+    """vmap over B problems of size M×N against one problem of B·M rows (same pair count)."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(B, M, D)), jnp.float32)
+    y = jnp.asarray(rng.normal(size=(N, D)), jnp.float32)
+    b = jnp.asarray(rng.normal(size=(N, 1)), jnp.float32)
+    one = lambda x, y, b: ((-Vi(x).sqdist(Vj(y))).exp() * Vj(b)).sum(1)  # noqa: E731
+    batched = jax.jit(jax.vmap(one, (0, None, None)))
+    tall = jax.jit(one)
+    x_tall = x.reshape(B * M, D)
+    candidates = [
+        Candidate(f"jax.vmap over {B} problems", lambda: batched(x, y, b)),
+        Candidate(f"one problem of {B}×{M} rows", lambda: tall(x_tall, y, b)),
+    ]
+    return candidates, B * M * N, f"vmap of a Gaussian sum: {B} × (M={M}, N={N}), D={D}, float32"
+
+
 BENCHMARKS = {
     "gaussian": Benchmark((20000, 20000), _gaussian_sum),
+    "vmap": Benchmark((2000, 2000), _vmap_gaussian),
 }
