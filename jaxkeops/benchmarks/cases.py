@@ -64,7 +64,26 @@ def _vmap_gaussian(M, N, D=3, B=64):
     return candidates, B * M * N, f"vmap of a Gaussian sum: {B} × (M={M}, N={N}), D={D}, float32"
 
 
+def _gaussian_grad(M, N, D=3):
+    """Gradient of a Gaussian sum with respect to x (forward + backward) against the forward."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(M, D)), jnp.float32)
+    y = jnp.asarray(rng.normal(size=(N, D)), jnp.float32)
+    b = jnp.asarray(rng.normal(size=(N, 1)), jnp.float32)
+    forward = lambda x, y, b: ((-Vi(x).sqdist(Vj(y))).exp() * Vj(b)).sum(1)  # noqa: E731
+    grad = jax.jit(jax.grad(lambda x, y, b: forward(x, y, b).sum()))
+    fwd = jax.jit(forward)
+    chunked = jax.jit(jax.grad(lambda x, y, b: row_chunked(_gaussian_dense, x, y, b).sum()))
+    candidates = [
+        Candidate("jaxkeops gradient wrt x", lambda: grad(x, y, b)),
+        Candidate("lax.map row-chunked jnp gradient", lambda: chunked(x, y, b)),
+        Candidate("jaxkeops forward", lambda: fwd(x, y, b)),
+    ]
+    return candidates, M * N, f"Gradient of a Gaussian sum wrt x, M={M}, N={N}, D={D}, float32"
+
+
 BENCHMARKS = {
     "gaussian": Benchmark((20000, 20000), _gaussian_sum),
     "vmap": Benchmark((2000, 2000), _vmap_gaussian),
+    "gaussian_grad": Benchmark((20000, 20000), _gaussian_grad),
 }
