@@ -33,6 +33,11 @@ def _gaussian_dense(x, y, b):
     return jnp.exp(-d2) @ b
 
 
+def _gaussian_sum_d100(M, N):
+    candidates, pairs, title = _gaussian_sum(M, N, D=100)
+    return candidates, pairs, title
+
+
 def _gaussian_sum(M, N, D=3):
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(M, D)), jnp.float32)
@@ -86,4 +91,5 @@ BENCHMARKS = {
     "gaussian": Benchmark((20000, 20000), _gaussian_sum),
     "vmap": Benchmark((2000, 2000), _vmap_gaussian),
     "gaussian_grad": Benchmark((20000, 20000), _gaussian_grad),
+    "gaussian_d100": Benchmark((10000, 10000), _gaussian_sum_d100),
 }
