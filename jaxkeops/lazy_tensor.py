@@ -8,6 +8,7 @@ Variables are numbered in order of first appearance, so equal expressions give e
 
 from __future__ import annotations
 
+import functools
 import numbers
 
 import jax
@@ -17,6 +18,7 @@ import numpy as np
 from jaxkeops.formula import CAT_I, CAT_J, CAT_NAMES, CAT_P, Const, Node, Var, substitute
 from jaxkeops.ops import apply_op
 from jaxkeops.primitive import keops_reduce
+from jaxkeops.solve import default_maxiter, ridge_solve
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -303,6 +305,147 @@ class LazyTensor:
             return self._unary("Sum")
         axis = self._reduction_axis(axis, None, "sum")
         return self._reduce("Sum", axis)[0]
+
+    # --- linear algebra: K @ v, transposition, solve ------------------------------------------
+
+    def _dtype(self):
+        return np.dtype(self.variables[0].array.dtype) if self.variables else None
+
+    def __matmul__(self, v):
+        """`K @ v` for a scalar K (M, N) and v shaped (N,) or (N, E): the Sum reduction over j of
+        K_ij v_j, shaped (M,) or (M, E)."""
+        if self.formula.dim != 1:
+            raise ValueError(
+                f"K @ v: K has shape {self.shape}; the product needs a scalar LazyTensor (M, N) "
+                "(its formula dimension must be 1)"
+            )
+        if isinstance(v, LazyTensor) or not _is_array(v):
+            raise TypeError(
+                f"K @ v: v is a {type(v).__name__}; expected a jax or NumPy array shaped (N,) "
+                "or (N, E)"
+            )
+        v = jnp.asarray(v)
+        n = self.nj
+        expected = "(N,) or (N, E)" if n is None else f"({n},) or ({n}, E)"
+        if v.ndim not in (1, 2) or (n is not None and v.shape[0] != n) or v.size == 0:
+            raise ValueError(
+                f"K @ v: v has shape {tuple(v.shape)}; expected {expected} for K of shape "
+                f"{self.shape} (batch dimensions are not supported yet)"
+            )
+        _check_float_dtype(v, f"K @ v: v of shape {tuple(v.shape)}")
+        if self._dtype() is not None and np.dtype(v.dtype) != self._dtype():
+            raise TypeError(f"K @ v: v has dtype {v.dtype}; expected {self._dtype()} like K")
+        columns = v.reshape(v.shape[0], -1)
+        out = (self * Vj(columns)).sum(axis=1)
+        return out.reshape(-1) if v.ndim == 1 else out
+
+    def t(self) -> "LazyTensor":
+        """The transposed symbolic matrix: i variables become j variables and vice versa."""
+        swap = {CAT_I: CAT_J, CAT_J: CAT_I, CAT_P: CAT_P}
+        variables = [_Variable(v.array, swap[v.cat]) for v in self.variables]
+        formula = substitute(
+            self.formula,
+            lambda leaf: Var(leaf.index, leaf.dim, swap[leaf.cat])
+            if isinstance(leaf, Var) else None,
+        )
+        return LazyTensor._make(formula, variables, self.nj, self.ni)
+
+    @property
+    def T(self) -> "LazyTensor":
+        return self.t()
+
+    def solve(self, b, *, alpha=1e-10, eps=1e-6, maxiter: int | None = None,
+              return_info: bool = False):
+        """Solve (alpha·I + K) a = b by conjugate gradient, for K symmetric and alpha·I + K
+        positive definite (not checked beforehand; a failure is reported in the info).
+
+        b is an array shaped (M,) or (M, E) (indexed by i, as in KeOps), or a LazyTensor that is
+        one i variable (`Vi(b)`: sum over j of K_ij a_j) or one j variable (`Vj(b)`: sum over i of
+        K_ij a_i). The E columns are separate systems solved together, one kernel product per
+        iteration. Each column stops when ‖r‖ ≤ eps·‖b‖, after `maxiter` iterations (default
+        `jaxkeops.solve.default_maxiter(n)` = 10·n), on non-positive curvature or on a
+        non-finite value. Works under jit and vmap, and is differentiable to any order (with
+        respect to b, alpha and everything K depends on) by implicit differentiation: every
+        derivative is another solve. Returns a shaped like b, and with `return_info=True` the
+        pair (a, jaxkeops.SolveInfo) (iterations done, relative residual and status per column).
+        """
+        operator, rhs = self, b
+        if isinstance(b, LazyTensor):
+            if not isinstance(b.formula, Var) or b.formula.cat == CAT_P:
+                raise ValueError(
+                    f"solve: b is a LazyTensor with formula {b.formula!r}; expected a single i "
+                    "variable (Vi(b)) or j variable (Vj(b)), or an array"
+                )
+            if b.formula.cat == CAT_J:  # sum over i of K_ij a_i = b_j: the transposed system
+                operator = self.t()
+            rhs = b.variables[0].array
+        elif not _is_array(b):
+            raise TypeError(f"solve: b is a {type(b).__name__}; expected an array (M,) or (M, E)")
+        rhs = jnp.asarray(rhs)
+        if operator.formula.dim != 1:
+            raise ValueError(
+                f"solve: K has shape {self.shape}; expected a scalar LazyTensor (M, M)"
+            )
+        if operator.ni is not None and operator.nj is not None and operator.ni != operator.nj:
+            raise ValueError(f"solve: K has shape {self.shape}; expected a square matrix (M, M)")
+        # A K with no i (or j) variable is constant along that axis: its size comes from b.
+        n = operator.ni if operator.ni is not None else operator.nj
+        if rhs.ndim not in (1, 2) or (n is not None and rhs.shape[0] != n) or rhs.size == 0:
+            expected = "(M,) or (M, E)" if n is None else f"({n},) or ({n}, E)"
+            raise ValueError(
+                f"solve: b has shape {tuple(rhs.shape)}; expected {expected} for K of shape "
+                f"{self.shape} (batch dimensions are not supported yet)"
+            )
+        _check_float_dtype(rhs, f"solve: b of shape {tuple(rhs.shape)}")
+        dtype = np.dtype(rhs.dtype)
+        if operator._dtype() is not None and dtype != operator._dtype():
+            raise TypeError(f"solve: b has dtype {dtype}; expected {operator._dtype()} like K")
+        alpha = _check_alpha(alpha, dtype)
+        if not isinstance(eps, numbers.Real) or not eps >= 0:
+            raise ValueError(f"solve: eps={eps!r}; expected a real number >= 0")
+        if maxiter is None:
+            maxiter = default_maxiter(rhs.shape[0])
+        if not isinstance(maxiter, numbers.Integral) or isinstance(maxiter, bool) or maxiter < 0:
+            raise ValueError(f"solve: maxiter={maxiter!r}; expected an integer >= 0 or None")
+
+        a, info = _jitted_ridge_solve(
+            tuple(v.array for v in operator.variables),
+            rhs.reshape(rhs.shape[0], -1),
+            jnp.asarray(alpha, dtype),
+            formula=operator.formula,
+            cats=tuple(v.cat for v in operator.variables),
+            n=int(rhs.shape[0]),
+            eps=float(eps),
+            maxiter=int(maxiter),
+        )
+        if rhs.ndim == 1:
+            a, info = a.reshape(-1), info._replace(residual=info.residual[0],
+                                                   status=info.status[0])
+        return (a, info) if return_info else a
+
+
+@functools.partial(jax.jit, static_argnames=("formula", "cats", "n", "eps", "maxiter"))
+def _jitted_ridge_solve(arrays, b, alpha, *, formula, cats, n, eps, maxiter):
+    """`ridge_solve` for the (n, n) LazyTensor (formula, arrays): jitted, so that eager calls with
+    the same formula and shapes reuse one compiled CG loop instead of tracing a new one each time."""
+    K = LazyTensor._make(formula, [_Variable(x, c) for x, c in zip(arrays, cats)], n, n)
+    return ridge_solve(K.__matmul__, b, alpha, eps=eps, maxiter=maxiter)
+
+
+def _check_alpha(alpha, dtype: np.dtype, where: str = "solve"):
+    """alpha: a real number, or a 0-d/size-1 float array (traced values stay differentiable) of
+    the system's dtype."""
+    if isinstance(alpha, numbers.Real) and not _is_array(alpha):
+        return float(alpha)
+    if not _is_array(alpha):
+        raise TypeError(f"{where}: alpha is a {type(alpha).__name__}; expected a real number or "
+                        "a 0-d array")
+    alpha = jnp.asarray(alpha)
+    if alpha.size != 1:
+        raise ValueError(f"{where}: alpha has shape {alpha.shape}; expected a scalar")
+    if not getattr(alpha, "weak_type", False) and np.dtype(alpha.dtype) != dtype:
+        raise TypeError(f"{where}: alpha has dtype {alpha.dtype}; expected {dtype} like K")
+    return alpha.reshape(()).astype(dtype)
 
 
 def _variable_batch_shape(array, cat: int) -> tuple[int, ...]:
