@@ -275,7 +275,6 @@ def test_solve_under_jit_with_traced_alpha(rng):
     assert bool(info.converged)
 
 
-@pytest.mark.xfail(reason="needs the batching rule (issue 6)", strict=False)
 def test_solve_under_vmap(rng):
     M = 40
     x, s = _points(rng, M, 2)
