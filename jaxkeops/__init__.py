@@ -7,7 +7,10 @@ Build a formula over i variables, j variables and parameters with `LazyTensor` /
 from jaxkeops import lowering as _lowering  # noqa: F401  (registers the FFI targets and lowerings)
 from jaxkeops.lazy_tensor import LazyTensor, Pm, Vi, Vj
 from jaxkeops.primitive import keops_reduce, keops_reduce_p
+from jaxkeops.lineax_adapter import lineax_operator
+from jaxkeops.solve import SolveInfo
 
 __version__ = "0.1.0"
 
-__all__ = ["LazyTensor", "Vi", "Vj", "Pm", "keops_reduce", "keops_reduce_p"]
+__all__ = ["LazyTensor", "Vi", "Vj", "Pm", "keops_reduce", "keops_reduce_p", "SolveInfo",
+           "lineax_operator"]

@@ -46,8 +46,11 @@ def _load(name: str):
 cpu = _load("_jaxkeops_cpu")
 if cpu is None:
     raise ImportError(
-        "jaxkeops' compiled CPU extension (jaxkeops._jaxkeops_cpu) is missing: install the "
-        "package with pip so that it gets built (pip install .)"
+        "jaxkeops' compiled CPU extension (jaxkeops._jaxkeops_cpu) is missing from "
+        f"{__file__.rsplit('/', 1)[0]}. Install the package with pip so that it gets built "
+        "(pip install .); if it is installed, you are importing an unbuilt source checkout "
+        "instead (e.g. `python -m pytest` run from the repository root puts it first on "
+        "sys.path): run `pytest` instead, or install in editable mode (pip install -e .)."
     )
 _running_api = _jaxlib_ffi_api_version(jaxlib.__version__)
 _check_api(cpu, _running_api)

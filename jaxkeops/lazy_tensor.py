@@ -8,6 +8,7 @@ Variables are numbered in order of first appearance, so equal expressions give e
 
 from __future__ import annotations
 
+import functools
 import numbers
 
 import jax
@@ -18,6 +19,7 @@ from jaxkeops.formula import CAT_I, CAT_J, CAT_NAMES, CAT_P, Const, Node, Var, s
 from jaxkeops.ops import apply_op
 from jaxkeops.primitive import keops_reduce
 from jaxkeops.reductions import check_reduction
+from jaxkeops.solve import default_maxiter, ridge_solve
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -73,6 +75,7 @@ class LazyTensor:
         self.variables: tuple[_Variable, ...] = ()
         self.ni: int | None = None
         self.nj: int | None = None
+        self.batch_shape: tuple[int, ...] = ()  # KeOps batch dimensions, broadcast NumPy-style
         if x is None:  # internal: filled in by _make
             return
         if isinstance(x, numbers.Number) and not _is_array(x):
@@ -98,26 +101,25 @@ class LazyTensor:
             cat, array = CAT_P, x.reshape(-1)
             if array.shape[0] == 0:
                 raise ValueError(f"{what}: a parameter needs at least one value")
-        elif x.ndim == 3:
-            cat = _category_of_3d(tuple(x.shape), what)
-            array = x.reshape(x.shape[-1]) if cat == CAT_P else x.reshape(-1, x.shape[-1])
-        elif x.ndim == 2:
+        elif x.ndim >= 3:
+            # (*batch, M, 1, D), (*batch, 1, N, D) or (*batch, 1, 1, D), as KeOps.
+            batch, grid = tuple(x.shape[:-3]), tuple(x.shape[-3:])
+            cat = _category_of_3d(grid, what)
+            keep = (grid[2],) if cat == CAT_P else (grid[0] if cat == CAT_I else grid[1], grid[2])
+            array = x.reshape(batch + keep)
+        else:
             raise ValueError(
                 f"{what} is ambiguous: reshape it to (M, 1, D) or (1, N, D), "
                 "or use Vi(x) / Vj(x) (or pass axis=0 / axis=1)"
-            )
-        else:
-            raise ValueError(
-                f"{what}: expected (M, 1, D), (1, N, D), (1, 1, D), 0-d or 1-d "
-                "(batch dimensions are not supported yet)"
             )
         if array.shape[-1] == 0:
             raise ValueError(f"{what}: the feature dimension D must be at least 1")
         self.variables = (_Variable(array, cat),)
         if cat == CAT_I:
-            self.ni = int(array.shape[0])
+            self.ni = int(array.shape[-2])
         elif cat == CAT_J:
-            self.nj = int(array.shape[0])
+            self.nj = int(array.shape[-2])
+        self.batch_shape = _variable_batch_shape(array, cat)
         self.formula = Var(0, int(array.shape[-1]), cat)
 
     # --- construction ------------------------------------------------------------------------
@@ -126,6 +128,7 @@ class LazyTensor:
     def _make(formula: Node, variables, ni, nj) -> "LazyTensor":
         out = LazyTensor()
         out.formula, out.variables, out.ni, out.nj = formula, tuple(variables), ni, nj
+        out.batch_shape = _broadcast_batch_shapes(variables)
         return out
 
     @staticmethod
@@ -232,11 +235,11 @@ class LazyTensor:
 
     @property
     def ndim(self) -> int:
-        return 2 if self.formula.dim == 1 else 3
+        return len(self.shape)
 
     @property
     def shape(self) -> tuple[int, ...]:
-        grid = (self.ni or 1, self.nj or 1)
+        grid = self.batch_shape + (self.ni or 1, self.nj or 1)
         return grid if self.formula.dim == 1 else grid + (self.formula.dim,)
 
     def __repr__(self) -> str:
@@ -245,21 +248,34 @@ class LazyTensor:
     # --- reductions ----------------------------------------------------------------------------
 
     def _reduction_axis(self, axis, dim, method: str) -> int:
+        """0 (over i) or 1 (over j), from KeOps' axis: with k batch dims, k means i, k+1 j."""
         if dim is not None:
             if axis is not None and axis != dim:
                 raise ValueError(f"{method}: axis={axis} and dim={dim} disagree")
             axis = dim
-        if axis not in (0, 1):
+        k = len(self.batch_shape)
+        if axis not in (k, k + 1):
             raise ValueError(
-                f"{method}: axis={axis}; expected 0 (reduce over i) or 1 (reduce over j)"
+                f"{method}: axis={axis}; expected {k} (reduce over i) or {k + 1} (reduce over j)"
+                + (f" for a LazyTensor with {k} batch dimension(s)" if k else "")
             )
-        return axis
+        return axis - k
+
+    def _batched_operands(self):
+        """The variables' arrays with batch dims of the full rank (leading 1s added: free)."""
+        k = len(self.batch_shape)
+        out = []
+        for v in self.variables:
+            base_rank = 1 if v.cat == CAT_P else 2
+            missing = k - (v.array.ndim - base_rank)
+            out.append(v.array.reshape((1,) * missing + tuple(v.array.shape)) if missing else v.array)
+        return out
 
     def _reduce(self, reduction: str, axis: int, formulas=None, reduction_params=(),
                 method: str | None = None):
         formulas = (self.formula,) if formulas is None else formulas
         method = method or reduction
-        operands = [v.array for v in self.variables]
+        operands = self._batched_operands()
         if not operands:
             raise ValueError(
                 f"{method}: this LazyTensor has no variable: reductions need at least one "
@@ -289,6 +305,7 @@ class LazyTensor:
             axis=axis,
             ni=ni,
             nj=nj,
+            batch_shape=self.batch_shape,
         )
 
     def _reduce_weighted(self, reduction: str, weight, axis: int, method: str):
@@ -316,7 +333,7 @@ class LazyTensor:
         reduction over i / over j, an array shaped (N, D) / (M, D). Accumulated in float64."""
         if dim is not None:
             axis = dim
-        if axis in (-1, 2):
+        if axis in (-1, len(self.batch_shape) + 2):
             return self._unary("Sum")
         axis = self._reduction_axis(axis, None, "sum")
         return self._reduce("Sum", axis)[0]
@@ -389,6 +406,162 @@ class LazyTensor:
     def Kmin_argKmin(self, K: int, axis: int | None = None, dim: int | None = None):
         """(Kmin, argKmin) in one pass."""
         return tuple(self._kmin("KMin_ArgKMin", "Kmin_argKmin", K, axis, dim))
+
+    # --- linear algebra: K @ v, transposition, solve ------------------------------------------
+
+    def _dtype(self):
+        return np.dtype(self.variables[0].array.dtype) if self.variables else None
+
+    def __matmul__(self, v):
+        """`K @ v` for a scalar K (M, N) and v shaped (N,) or (N, E): the Sum reduction over j of
+        K_ij v_j, shaped (M,) or (M, E)."""
+        if self.formula.dim != 1:
+            raise ValueError(
+                f"K @ v: K has shape {self.shape}; the product needs a scalar LazyTensor (M, N) "
+                "(its formula dimension must be 1)"
+            )
+        if isinstance(v, LazyTensor) or not _is_array(v):
+            raise TypeError(
+                f"K @ v: v is a {type(v).__name__}; expected a jax or NumPy array shaped (N,) "
+                "or (N, E)"
+            )
+        v = jnp.asarray(v)
+        n = self.nj
+        expected = "(N,) or (N, E)" if n is None else f"({n},) or ({n}, E)"
+        if v.ndim not in (1, 2) or (n is not None and v.shape[0] != n) or v.size == 0:
+            raise ValueError(
+                f"K @ v: v has shape {tuple(v.shape)}; expected {expected} for K of shape "
+                f"{self.shape} (batch dimensions are not supported yet)"
+            )
+        _check_float_dtype(v, f"K @ v: v of shape {tuple(v.shape)}")
+        if self._dtype() is not None and np.dtype(v.dtype) != self._dtype():
+            raise TypeError(f"K @ v: v has dtype {v.dtype}; expected {self._dtype()} like K")
+        columns = v.reshape(v.shape[0], -1)
+        out = (self * Vj(columns)).sum(axis=1)
+        return out.reshape(-1) if v.ndim == 1 else out
+
+    def t(self) -> "LazyTensor":
+        """The transposed symbolic matrix: i variables become j variables and vice versa."""
+        swap = {CAT_I: CAT_J, CAT_J: CAT_I, CAT_P: CAT_P}
+        variables = [_Variable(v.array, swap[v.cat]) for v in self.variables]
+        formula = substitute(
+            self.formula,
+            lambda leaf: Var(leaf.index, leaf.dim, swap[leaf.cat])
+            if isinstance(leaf, Var) else None,
+        )
+        return LazyTensor._make(formula, variables, self.nj, self.ni)
+
+    @property
+    def T(self) -> "LazyTensor":
+        return self.t()
+
+    def solve(self, b, *, alpha=1e-10, eps=1e-6, maxiter: int | None = None,
+              return_info: bool = False):
+        """Solve (alpha·I + K) a = b by conjugate gradient, for K symmetric and alpha·I + K
+        positive definite (not checked beforehand; a failure is reported in the info).
+
+        b is an array shaped (M,) or (M, E) (indexed by i, as in KeOps), or a LazyTensor that is
+        one i variable (`Vi(b)`: sum over j of K_ij a_j) or one j variable (`Vj(b)`: sum over i of
+        K_ij a_i). The E columns are separate systems solved together, one kernel product per
+        iteration. Each column stops when ‖r‖ ≤ eps·‖b‖, after `maxiter` iterations (default
+        `jaxkeops.solve.default_maxiter(n)` = 10·n), on non-positive curvature or on a
+        non-finite value. Works under jit and vmap, and is differentiable to any order (with
+        respect to b, alpha and everything K depends on) by implicit differentiation: every
+        derivative is another solve. Returns a shaped like b, and with `return_info=True` the
+        pair (a, jaxkeops.SolveInfo) (iterations done, relative residual and status per column).
+        """
+        operator, rhs = self, b
+        if isinstance(b, LazyTensor):
+            if not isinstance(b.formula, Var) or b.formula.cat == CAT_P:
+                raise ValueError(
+                    f"solve: b is a LazyTensor with formula {b.formula!r}; expected a single i "
+                    "variable (Vi(b)) or j variable (Vj(b)), or an array"
+                )
+            if b.formula.cat == CAT_J:  # sum over i of K_ij a_i = b_j: the transposed system
+                operator = self.t()
+            rhs = b.variables[0].array
+        elif not _is_array(b):
+            raise TypeError(f"solve: b is a {type(b).__name__}; expected an array (M,) or (M, E)")
+        rhs = jnp.asarray(rhs)
+        if operator.formula.dim != 1:
+            raise ValueError(
+                f"solve: K has shape {self.shape}; expected a scalar LazyTensor (M, M)"
+            )
+        if operator.ni is not None and operator.nj is not None and operator.ni != operator.nj:
+            raise ValueError(f"solve: K has shape {self.shape}; expected a square matrix (M, M)")
+        # A K with no i (or j) variable is constant along that axis: its size comes from b.
+        n = operator.ni if operator.ni is not None else operator.nj
+        if rhs.ndim not in (1, 2) or (n is not None and rhs.shape[0] != n) or rhs.size == 0:
+            expected = "(M,) or (M, E)" if n is None else f"({n},) or ({n}, E)"
+            raise ValueError(
+                f"solve: b has shape {tuple(rhs.shape)}; expected {expected} for K of shape "
+                f"{self.shape} (batch dimensions are not supported yet)"
+            )
+        _check_float_dtype(rhs, f"solve: b of shape {tuple(rhs.shape)}")
+        dtype = np.dtype(rhs.dtype)
+        if operator._dtype() is not None and dtype != operator._dtype():
+            raise TypeError(f"solve: b has dtype {dtype}; expected {operator._dtype()} like K")
+        alpha = _check_alpha(alpha, dtype)
+        if not isinstance(eps, numbers.Real) or not eps >= 0:
+            raise ValueError(f"solve: eps={eps!r}; expected a real number >= 0")
+        if maxiter is None:
+            maxiter = default_maxiter(rhs.shape[0])
+        if not isinstance(maxiter, numbers.Integral) or isinstance(maxiter, bool) or maxiter < 0:
+            raise ValueError(f"solve: maxiter={maxiter!r}; expected an integer >= 0 or None")
+
+        a, info = _jitted_ridge_solve(
+            tuple(v.array for v in operator.variables),
+            rhs.reshape(rhs.shape[0], -1),
+            jnp.asarray(alpha, dtype),
+            formula=operator.formula,
+            cats=tuple(v.cat for v in operator.variables),
+            n=int(rhs.shape[0]),
+            eps=float(eps),
+            maxiter=int(maxiter),
+        )
+        if rhs.ndim == 1:
+            a, info = a.reshape(-1), info._replace(residual=info.residual[0],
+                                                   status=info.status[0])
+        return (a, info) if return_info else a
+
+
+@functools.partial(jax.jit, static_argnames=("formula", "cats", "n", "eps", "maxiter"))
+def _jitted_ridge_solve(arrays, b, alpha, *, formula, cats, n, eps, maxiter):
+    """`ridge_solve` for the (n, n) LazyTensor (formula, arrays): jitted, so that eager calls with
+    the same formula and shapes reuse one compiled CG loop instead of tracing a new one each time."""
+    K = LazyTensor._make(formula, [_Variable(x, c) for x, c in zip(arrays, cats)], n, n)
+    return ridge_solve(K.__matmul__, b, alpha, eps=eps, maxiter=maxiter)
+
+
+def _check_alpha(alpha, dtype: np.dtype, where: str = "solve"):
+    """alpha: a real number, or a 0-d/size-1 float array (traced values stay differentiable) of
+    the system's dtype."""
+    if isinstance(alpha, numbers.Real) and not _is_array(alpha):
+        return float(alpha)
+    if not _is_array(alpha):
+        raise TypeError(f"{where}: alpha is a {type(alpha).__name__}; expected a real number or "
+                        "a 0-d array")
+    alpha = jnp.asarray(alpha)
+    if alpha.size != 1:
+        raise ValueError(f"{where}: alpha has shape {alpha.shape}; expected a scalar")
+    if not getattr(alpha, "weak_type", False) and np.dtype(alpha.dtype) != dtype:
+        raise TypeError(f"{where}: alpha has dtype {alpha.dtype}; expected {dtype} like K")
+    return alpha.reshape(()).astype(dtype)
+
+
+def _variable_batch_shape(array, cat: int) -> tuple[int, ...]:
+    return tuple(array.shape[: array.ndim - (1 if cat == CAT_P else 2)])
+
+
+def _broadcast_batch_shapes(variables) -> tuple[int, ...]:
+    shapes = [_variable_batch_shape(v.array, v.cat) for v in variables]
+    try:
+        return tuple(np.broadcast_shapes(*shapes)) if shapes else ()
+    except ValueError:
+        raise ValueError(
+            f"incompatible batch dimensions {', '.join(map(str, shapes))}: "
+            "expected shapes that broadcast against each other (NumPy rules)"
+        ) from None
 
 
 def _merge_size(a: int | None, b: int | None, what: str) -> int | None:

@@ -16,7 +16,8 @@ from jaxkeops.program import compile_program
 from jaxkeops.reference import chunked_reduce
 
 
-def _native_lowering(ctx, *operands, formulas, var_cats, reduction, reduction_params, axis, ni, nj):
+def _native_lowering(ctx, *operands, formulas, var_cats, reduction, reduction_params, axis, ni, nj,
+                     batch_shape):
     program = compile_program(
         formulas,
         var_cats,
@@ -36,7 +37,8 @@ def _fallback(*operands, **params):
     return chunked_reduce(formulas, var_cats, operands, **params)
 
 
-mlir.register_lowering(keops_reduce_p, mlir.lower_fun(_fallback, multiple_results=True))
+_fallback_lowering = mlir.lower_fun(_fallback, multiple_results=True)
+mlir.register_lowering(keops_reduce_p, _fallback_lowering)
 mlir.register_lowering(keops_reduce_p, _native_lowering, platform="cpu")
 if _native.has_cuda():
     mlir.register_lowering(keops_reduce_p, _native_lowering, platform="cuda")

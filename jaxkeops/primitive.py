@@ -1,14 +1,19 @@
 """`keops_reduce_p`: the one JAX primitive every jaxkeops reduction is traced into.
 
-Operands are the formula's variables in index order: i variables shaped (ni, dim), j variables
-(nj, dim), parameters (dim,). Static parameters:
+Operands are the formula's variables in index order: i variables shaped (*b, ni, dim), j
+variables (*b, nj, dim), parameters (*b, dim), where each operand's batch shape b has the rank
+of `batch_shape` and each of its entries is either that of `batch_shape` or 1 (broadcast, never
+copied). Outputs are shaped (*batch_shape, n_outer, ...). Static parameters:
 
   formulas          tuple of formula roots (most reductions take one; weighted ones two)
   var_cats          category of each operand (formula.CAT_I / CAT_J / CAT_P)
   reduction         name in the reduction table; reduction_params its static ints (e.g. K)
   axis              1 reduces over j (one output row per i), 0 reduces over i
   ni, nj            grid sizes (an axis may have no variable, so they cannot be read off operands)
+  batch_shape       the broadcast batch shape (() for a single problem)
 
+Rules here: abstract evaluation, jvp and transpose (formulas from jaxkeops/autodiff.py), and
+batching (vmap folds the mapped axis into `batch_shape`: one kernel call for the whole batch).
 The lowering rules live in jaxkeops/lowering.py.
 """
 
@@ -20,7 +25,9 @@ import numpy as np
 from jax._src import dispatch  # apply_primitive: run one primitive eagerly via jit
 from jax.extend.core import Primitive
 from jax.core import ShapedArray
-from jax.interpreters import ad
+from jax import lax
+from jax import numpy as jnp
+from jax.interpreters import ad, batching
 
 from jaxkeops.autodiff import jvp_formula, transpose_formula
 from jaxkeops.formula import CAT_I, CAT_J, CAT_NAMES, CAT_P, Var, substitute, walk
@@ -31,7 +38,9 @@ keops_reduce_p.multiple_results = True
 keops_reduce_p.def_impl(partial(dispatch.apply_primitive, keops_reduce_p))
 
 
-def keops_reduce(operands, *, formulas, var_cats, reduction, reduction_params=(), axis, ni, nj):
+def keops_reduce(
+    operands, *, formulas, var_cats, reduction, reduction_params=(), axis, ni, nj, batch_shape=()
+):
     """Bind the primitive; returns a tuple of outputs (see the reduction table)."""
     return keops_reduce_p.bind(
         *operands,
@@ -42,24 +51,32 @@ def keops_reduce(operands, *, formulas, var_cats, reduction, reduction_params=()
         axis=int(axis),
         ni=int(ni),
         nj=int(nj),
+        batch_shape=tuple(int(b) for b in batch_shape),
     )
 
 
-def expected_operand_shape(cat: int, dim: int, ni: int, nj: int) -> tuple[int, ...]:
+def _base_shape(cat: int, dim: int, ni: int, nj: int) -> tuple[int, ...]:
     return {CAT_I: (ni, dim), CAT_J: (nj, dim), CAT_P: (dim,)}[cat]
 
 
-def _abstract_eval(*avals, formulas, var_cats, reduction, reduction_params, axis, ni, nj):
+def _abstract_eval(*avals, formulas, var_cats, reduction, reduction_params, axis, ni, nj,
+                   batch_shape):
     if len(avals) != len(var_cats):
         raise TypeError(f"keops_reduce: {len(avals)} operands for {len(var_cats)} variables")
     dtype = avals[0].dtype if avals else np.dtype(np.float32)
+    nb = len(batch_shape)
     for index, (aval, cat) in enumerate(zip(avals, var_cats)):
         dim = aval.shape[-1] if aval.ndim else 0
-        expected = expected_operand_shape(cat, dim, ni, nj)
-        if aval.shape != expected:
+        base = _base_shape(cat, dim, ni, nj)
+        batch = aval.shape[: aval.ndim - len(base)]
+        if (
+            aval.ndim != nb + len(base)
+            or aval.shape[nb:] != base
+            or any(b not in (1, full) for b, full in zip(batch, batch_shape))
+        ):
             raise TypeError(
                 f"keops_reduce: operand {index} ({CAT_NAMES[cat]} variable) has shape "
-                f"{aval.shape}, expected {expected}"
+                f"{aval.shape}, expected batch dims broadcastable to {batch_shape} then {base}"
             )
         if aval.dtype != dtype:
             raise TypeError(
@@ -74,10 +91,31 @@ def _abstract_eval(*avals, formulas, var_cats, reduction, reduction_params, axis
     outputs = REDUCTIONS[reduction].outputs(
         tuple(f.dim for f in formulas), reduction_params, dtype
     )
-    return [ShapedArray((n_outer,) + shape, out_dtype) for shape, out_dtype in outputs]
+    return [
+        ShapedArray(tuple(batch_shape) + (n_outer,) + shape, out_dtype)
+        for shape, out_dtype in outputs
+    ]
 
 
 keops_reduce_p.def_abstract_eval(_abstract_eval)
+
+
+# --- batching ----------------------------------------------------------------------------------
+
+
+def _batch(args, dims, *, batch_shape, **params):
+    """vmap: the mapped axis becomes a new leading batch dimension (size 1, i.e. broadcast, for
+    unmapped operands), so the whole batch is one kernel call."""
+    size = next(x.shape[d] for x, d in zip(args, dims) if d is not None)
+    moved = [
+        lax.expand_dims(x, (0,)) if d is None else jnp.moveaxis(x, d, 0)
+        for x, d in zip(args, dims)
+    ]
+    outs = keops_reduce_p.bind(*moved, batch_shape=(size,) + tuple(batch_shape), **params)
+    return outs, [0] * len(outs)
+
+
+batching.primitive_batchers[keops_reduce_p] = _batch
 
 
 # --- differentiation ---------------------------------------------------------------------------
@@ -101,11 +139,10 @@ def _reduce_compact(formulas, operands, var_cats, **params):
     return keops_reduce(operands, formulas=formulas, var_cats=var_cats, **params)
 
 
-def _jvp(primals, tangents, *, formulas, var_cats, reduction, reduction_params, axis, ni, nj):
-    params = dict(reduction=reduction, reduction_params=reduction_params, axis=axis, ni=ni, nj=nj)
+def _jvp(primals, tangents, *, formulas, var_cats, **params):
     primal_out = keops_reduce_p.bind(*primals, formulas=formulas, var_cats=var_cats, **params)
-    if reduction != "Sum":
-        raise NotImplementedError(f"differentiation of the {reduction} reduction")
+    if params["reduction"] != "Sum":
+        raise NotImplementedError(f"differentiation of the {params['reduction']} reduction")
     # One new variable per non-zero tangent, of the same category and dimension as its primal.
     tangent_vars, operands, cats = {}, list(primals), list(var_cats)
     for k, t in enumerate(tangents):
@@ -121,7 +158,14 @@ def _jvp(primals, tangents, *, formulas, var_cats, reduction, reduction_params, 
     return primal_out, list(tangent_out)
 
 
-def _transpose(cts, *operands, formulas, var_cats, reduction, reduction_params, axis, ni, nj):
+def _unbroadcast_batch(x, batch):
+    """Sum x over the batch axes where the operand was broadcast (size 1)."""
+    axes = tuple(k for k, b in enumerate(batch) if b == 1 and x.shape[k] != 1)
+    return x.sum(axis=axes, keepdims=True) if axes else x
+
+
+def _transpose(cts, *operands, formulas, var_cats, reduction, reduction_params, axis, batch_shape,
+               **params):
     if reduction != "Sum":
         raise NotImplementedError(f"transposition of the {reduction} reduction")
     (ct,) = cts
@@ -149,9 +193,10 @@ def _transpose(cts, *operands, formulas, var_cats, reduction, reduction_params, 
         # a parameter's is summed over the whole grid.
         red_axis = {CAT_I: 1, CAT_J: 0, CAT_P: axis}[cat]
         (out,) = _reduce_compact((g,), values, cats, reduction="Sum", reduction_params=(),
-                                 axis=red_axis, ni=ni, nj=nj)
+                                 axis=red_axis, batch_shape=batch_shape, **params)
         if cat == CAT_P:
-            out = out.sum(axis=0)
+            out = out.sum(axis=-2)
+        out = _unbroadcast_batch(out, aval.shape[: len(batch_shape)])
         results.append(out.astype(aval.dtype))
     return results
 

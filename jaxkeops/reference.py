@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxkeops.formula import Const, Node, Var, walk
 from jaxkeops.ops import OPS
@@ -54,6 +55,35 @@ def _sizes(ni, nj, axis):
     return (ni, nj) if axis == 1 else (nj, ni)
 
 
+def _over_batch(reduce_one):
+    """Lift a single-problem reduction to operands with batch dims (see primitive.py): operands
+    broadcast over the whole batch are passed once, the others are flattened and vmapped."""
+
+    def reduce(formulas, var_cats, operands, *, batch_shape=(), **params):
+        if not batch_shape:
+            return reduce_one(formulas, var_cats, operands, **params)
+        nb, size = len(batch_shape), int(np.prod(batch_shape))
+        flat, in_axes = [], []
+        for x in operands:
+            if all(b == 1 for b in x.shape[:nb]):
+                flat.append(x.reshape(x.shape[nb:]))
+                in_axes.append(None)
+            else:
+                x = jnp.broadcast_to(x, tuple(batch_shape) + x.shape[nb:])
+                flat.append(x.reshape((size,) + x.shape[nb:]))
+                in_axes.append(0)
+        if size == 0 or all(a is None for a in in_axes):  # nothing varies along the batch
+            flat = [x if a is None else jnp.zeros(x.shape[1:], x.dtype) for x, a in zip(flat, in_axes)]
+            outs = reduce_one(formulas, var_cats, flat, **params)
+            return tuple(jnp.broadcast_to(o, tuple(batch_shape) + o.shape) for o in outs)
+        outs = jax.vmap(lambda *ops: reduce_one(formulas, var_cats, ops, **params),
+                        in_axes=in_axes)(*flat)
+        return tuple(o.reshape(tuple(batch_shape) + o.shape[1:]) for o in outs)
+
+    return reduce
+
+
+@_over_batch
 def dense_reduce(formulas, var_cats, operands, *, reduction, reduction_params, axis, ni, nj):
     """Reduce by materialising the whole (n_outer, n_inner) grid."""
     n_outer, n_inner = _sizes(ni, nj, axis)
@@ -61,6 +91,7 @@ def dense_reduce(formulas, var_cats, operands, *, reduction, reduction_params, a
     return REDUCTIONS[reduction].dense(values, reduction_params)
 
 
+@_over_batch
 def chunked_reduce(formulas, var_cats, operands, *, reduction, reduction_params, axis, ni, nj):
     """Reduce block of outer rows by block with `lax.map`; never materialises the grid."""
     n_outer, n_inner = _sizes(ni, nj, axis)

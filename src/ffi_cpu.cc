@@ -1,6 +1,7 @@
 // The XLA FFI handler "jaxkeops_reduce" for platform "cpu".
 #include "ffi_cpu.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -9,6 +10,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "batch.h"
 #include "cpu/executor.h"
 #include "program.h"
 #include "xla/ffi/api/ffi.h"
@@ -99,10 +101,13 @@ ffi::Error reduce_impl(ffi::RemainingArgs args, ffi::RemainingRets rets,
     dtype_known = true;
   }
 
-  // Outputs: (n_outer, trailing...) with the reducer's width; values in the compute dtype,
-  // indices int32 or int64. n_outer is read off output 0.
+  // Outputs: (*batch, n_outer, *row shape of the reduction); values in the compute dtype,
+  // indices int32 or int64. The batch dims and n_outer are read off output 0.
+  std::vector<int64_t> batch_dims;
   int64_t n_outer = 0;
   std::vector<cpu::OutputBuffer> outs(infos.size());
+  std::vector<char*> out_data(infos.size());
+  std::vector<int64_t> out_bytes_per_problem(infos.size());
   for (size_t k = 0; k < infos.size(); ++k) {
     auto out_or = rets.get<ffi::AnyBuffer>(k);
     if (!out_or) return invalid("cannot decode output buffer " + std::to_string(k));
@@ -125,20 +130,33 @@ ffi::Error reduce_impl(ffi::RemainingArgs args, ffi::RemainingRets rets,
       outs[k].type = t == ffi::DataType::F32 ? cpu::ElementType::kF32 : cpu::ElementType::kF64;
     }
     const auto odims = out->dimensions();
-    int64_t width = 1;
-    for (size_t a = 1; a < odims.size(); ++a) width *= odims[a];
-    if (k == 0 && odims.size() >= 1) n_outer = odims[0];
-    if (odims.size() < 2 || odims[0] != n_outer || width != infos[k].width)
-      return invalid(name + " has shape " + shape_str(odims) + ", expected (" +
-                     std::to_string(n_outer) + ", ...) with " + std::to_string(infos[k].width) +
-                     " values per row");
-    outs[k].data = out->untyped_data();
+    const std::vector<int64_t>& row = infos[k].dims;
+    std::string row_str;
+    for (int64_t d : row) row_str += ", " + std::to_string(d);
+    if (k == 0) {
+      if (odims.size() < 1 + row.size())
+        return invalid(name + " has shape " + shape_str(odims) + ", expected (*batch, n_outer" +
+                       row_str + ")");
+      const size_t batch_rank = odims.size() - 1 - row.size();
+      batch_dims.assign(odims.begin(), odims.begin() + batch_rank);
+      n_outer = odims[batch_rank];
+    }
+    std::vector<int64_t> expected(batch_dims);
+    expected.push_back(n_outer);
+    expected.insert(expected.end(), row.begin(), row.end());
+    if (!std::equal(odims.begin(), odims.end(), expected.begin(), expected.end()))
+      return invalid(name + " has shape " + shape_str(odims) + ", expected (*batch, " +
+                     std::to_string(n_outer) + row_str + ") with the batch dims of output 0");
+    out_data[k] = static_cast<char*>(out->untyped_data());
+    const int64_t elem = (t == ffi::DataType::F32 || t == ffi::DataType::S32) ? 4 : 8;
+    out_bytes_per_problem[k] = n_outer * infos[k].width() * elem;
   }
   if (dtype != ffi::DataType::F32 && dtype != ffi::DataType::F64)
     return invalid(std::string("operand dtype is ") + dtype_str(dtype) +
                    ", expected float32 or float64");
+  BatchLayout batch(batch_dims);
 
-  std::vector<const void*> data(args.size());
+  std::vector<const char*> data(args.size());
   for (size_t k = 0; k < args.size(); ++k) {
     auto buf_or = args.get<ffi::AnyBuffer>(k);
     if (!buf_or) return invalid("cannot decode operand " + std::to_string(k));
@@ -149,29 +167,40 @@ ffi::Error reduce_impl(ffi::RemainingArgs args, ffi::RemainingRets rets,
       return invalid(name + " has dtype " + dtype_str(buf.element_type()) + ", expected " +
                      dtype_str(dtype) + " (all operands share one dtype)");
     const auto dims = buf.dimensions();
+    const size_t base_rank = spec.role == kParam ? 1 : 2;
+    std::string batch_error;
+    if (!batch.add_operand(dims.begin(), dims.size(), base_rank, &batch_error))
+      return invalid(name + " of shape " + shape_str(dims) + " " + batch_error);
+    const int64_t* base = dims.begin() + batch.rank();
     if (spec.role == kParam) {
-      if (dims.size() != 1 || dims[0] != spec.dim)
-        return invalid(name + " has shape " + shape_str(dims) + ", expected (" +
-                       std::to_string(spec.dim) + ",)");
+      if (base[0] != spec.dim)
+        return invalid(name + " has shape " + shape_str(dims) + ", expected (*batch, " +
+                       std::to_string(spec.dim) + ")");
     } else {
       const int64_t n = spec.role == kOuter ? n_outer : n_inner;
-      if (dims.size() != 2 || dims[0] != n || dims[1] != spec.dim)
-        return invalid(name + " has shape " + shape_str(dims) + ", expected (" +
+      if (base[0] != n || base[1] != spec.dim)
+        return invalid(name + " has shape " + shape_str(dims) + ", expected (*batch, " +
                        std::to_string(n) + ", " + std::to_string(spec.dim) + ")" +
                        (spec.role == kOuter ? " (n_outer from the output)" : " (n_inner)"));
     }
-    data[k] = buf.untyped_data();
+    data[k] = static_cast<const char*>(buf.untyped_data());
   }
 
-  bool ok;
-  if (dtype == ffi::DataType::F32) {
-    std::vector<const float*> in(data.size());
-    for (size_t k = 0; k < data.size(); ++k) in[k] = static_cast<const float*>(data[k]);
-    ok = cpu::execute<float>(*prog, in.data(), n_outer, n_inner, outs.data(), &error);
-  } else {
-    std::vector<const double*> in(data.size());
-    for (size_t k = 0; k < data.size(); ++k) in[k] = static_cast<const double*>(data[k]);
-    ok = cpu::execute<double>(*prog, in.data(), n_outer, n_inner, outs.data(), &error);
+  // One problem per batch index, each run on all cores.
+  const size_t width = dtype == ffi::DataType::F32 ? sizeof(float) : sizeof(double);
+  bool ok = true;
+  std::vector<const void*> in(data.size());
+  for (int64_t b = 0; ok && b < batch.count(); ++b) {
+    for (size_t k = 0; k < data.size(); ++k) in[k] = data[k] + batch.offset(k, b) * width;
+    for (size_t k = 0; k < outs.size(); ++k)
+      outs[k].data = out_data[k] + b * out_bytes_per_problem[k];
+    if (dtype == ffi::DataType::F32) {
+      ok = cpu::execute<float>(*prog, reinterpret_cast<const float* const*>(in.data()), n_outer,
+                               n_inner, outs.data(), &error);
+    } else {
+      ok = cpu::execute<double>(*prog, reinterpret_cast<const double* const*>(in.data()), n_outer,
+                                n_inner, outs.data(), &error);
+    }
   }
   if (!ok) return ffi::Error::Internal(error);
   return ffi::Error::Success();

@@ -9,7 +9,7 @@
 //     static bool check(const std::vector<int32_t>& params,
 //                       const std::vector<int32_t>& result_dims, std::string* error);
 //     Reducer(const std::vector<int32_t>& params, const std::vector<int32_t>& result_dims);
-//     std::vector<OutputInfo> outputs() const;  // per output: row width, value or index
+//     std::vector<OutputInfo> outputs() const;  // per output: row shape, value or index
 //     int64_t state_size() const;               // doubles of accumulator state per output row
 //     void init(double* state) const;
 //     // `n_valid` lanes of the result values; value of result k, dim d, lane l is
@@ -82,11 +82,16 @@ struct ResultView {
   int64_t dim_stride;
 };
 
-// One output of a reduction: `width` values per outer row (the trailing dims flattened), either
-// values (the input dtype) or indices (int32 or int64).
+// One output of a reduction: per outer row an array of shape `dims` (row-major), either values
+// (the input dtype) or indices (int32 or int64).
 struct OutputInfo {
-  int64_t width;
+  std::vector<int64_t> dims;
   bool is_index;
+  int64_t width() const {
+    int64_t w = 1;
+    for (int64_t d : dims) w *= d;
+    return w;
+  }
 };
 
 namespace detail {
@@ -124,7 +129,7 @@ struct SumReducer {
   SumReducer(const std::vector<int32_t>&, const std::vector<int32_t>& result_dims)
       : dim_(result_dims[0]) {}
 
-  std::vector<OutputInfo> outputs() const { return {{dim_, false}}; }
+  std::vector<OutputInfo> outputs() const { return {{{dim_}, false}}; }
   int64_t state_size() const { return dim_; }
 
   void init(double* state) const {
@@ -193,7 +198,7 @@ struct ExpSumReducer {
   ExpSumReducer(const std::vector<int32_t>&, const std::vector<int32_t>& result_dims)
       : e_(kWeighted ? result_dims[1] : 1) {}
 
-  std::vector<OutputInfo> outputs() const { return {{e_, false}}; }
+  std::vector<OutputInfo> outputs() const { return {{{e_}, false}}; }
   // [m, denominator, numerators (E, weighted kinds only)]
   int64_t state_size() const { return 2 + (kWeighted ? e_ : 0); }
 
@@ -311,9 +316,9 @@ struct MinMaxReducer {
       : dim_(result_dims[0]) {}
 
   std::vector<OutputInfo> outputs() const {
-    if constexpr (Out == PickOutputs::kValue) return {{dim_, false}};
-    if constexpr (Out == PickOutputs::kIndex) return {{dim_, true}};
-    return {{dim_, false}, {dim_, true}};
+    if constexpr (Out == PickOutputs::kValue) return {{{dim_}, false}};
+    if constexpr (Out == PickOutputs::kIndex) return {{{dim_}, true}};
+    return {{{dim_}, false}, {{dim_}, true}};
   }
   int64_t state_size() const { return 2 * dim_; }
 
@@ -405,9 +410,12 @@ struct KMinReducer {
       : k_(params[0]), dim_(result_dims[0]) {}
 
   std::vector<OutputInfo> outputs() const {
-    if constexpr (Out == PickOutputs::kValue) return {{k_ * dim_, false}};
-    if constexpr (Out == PickOutputs::kIndex) return {{k_ * dim_, true}};
-    return {{k_ * dim_, false}, {k_ * dim_, true}};
+    // KeOps' layout: (K,) for a scalar formula, (K, D) for a vector one.
+    const std::vector<int64_t> dims = dim_ == 1 ? std::vector<int64_t>{k_}
+                                                : std::vector<int64_t>{k_, dim_};
+    if constexpr (Out == PickOutputs::kValue) return {{dims, false}};
+    if constexpr (Out == PickOutputs::kIndex) return {{dims, true}};
+    return {{dims, false}, {dims, true}};
   }
   int64_t state_size() const { return 2 * k_ * dim_; }
 

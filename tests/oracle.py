@@ -6,10 +6,11 @@ import numpy as np
 from jaxkeops.reference import dense_reduce, grid_values
 
 
-def dense(lazy, reduction, axis, formulas=None, reduction_params=()):
-    """Materialise the grid in float64 and reduce it; returns the outputs as numpy arrays."""
+def dense(lazy, reduction, axis, formulas=None, reduction_params=(), dtype=jnp.float64):
+    """Materialise the grid in `dtype` (every intermediate rounded to it) and reduce it; returns
+    the outputs as numpy arrays."""
     formulas = (lazy.formula,) if formulas is None else formulas
-    operands = [jnp.asarray(v.array, dtype=jnp.float64) for v in lazy.variables]
+    operands = [jnp.asarray(v.array, dtype=dtype) for v in lazy.variables]
     outs = dense_reduce(
         formulas,
         tuple(v.cat for v in lazy.variables),

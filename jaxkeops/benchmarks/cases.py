@@ -33,6 +33,11 @@ def _gaussian_dense(x, y, b):
     return jnp.exp(-d2) @ b
 
 
+def _gaussian_sum_d100(M, N):
+    candidates, pairs, title = _gaussian_sum(M, N, D=100)
+    return candidates, pairs, title
+
+
 def _gaussian_sum(M, N, D=3):
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(M, D)), jnp.float32)
@@ -47,6 +52,44 @@ def _gaussian_sum(M, N, D=3):
     return candidates, M * N, f"Gaussian sum, M={M}, N={N}, D={D}, float32"
 
 
+def _vmap_gaussian(M, N, D=3, B=64):
+    """vmap over B problems of size M×N against one problem of B·M rows (same pair count)."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(B, M, D)), jnp.float32)
+    y = jnp.asarray(rng.normal(size=(N, D)), jnp.float32)
+    b = jnp.asarray(rng.normal(size=(N, 1)), jnp.float32)
+    one = lambda x, y, b: ((-Vi(x).sqdist(Vj(y))).exp() * Vj(b)).sum(1)  # noqa: E731
+    batched = jax.jit(jax.vmap(one, (0, None, None)))
+    tall = jax.jit(one)
+    x_tall = x.reshape(B * M, D)
+    candidates = [
+        Candidate(f"jax.vmap over {B} problems", lambda: batched(x, y, b)),
+        Candidate(f"one problem of {B}×{M} rows", lambda: tall(x_tall, y, b)),
+    ]
+    return candidates, B * M * N, f"vmap of a Gaussian sum: {B} × (M={M}, N={N}), D={D}, float32"
+
+
+def _gaussian_grad(M, N, D=3):
+    """Gradient of a Gaussian sum with respect to x (forward + backward) against the forward."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(M, D)), jnp.float32)
+    y = jnp.asarray(rng.normal(size=(N, D)), jnp.float32)
+    b = jnp.asarray(rng.normal(size=(N, 1)), jnp.float32)
+    forward = lambda x, y, b: ((-Vi(x).sqdist(Vj(y))).exp() * Vj(b)).sum(1)  # noqa: E731
+    grad = jax.jit(jax.grad(lambda x, y, b: forward(x, y, b).sum()))
+    fwd = jax.jit(forward)
+    chunked = jax.jit(jax.grad(lambda x, y, b: row_chunked(_gaussian_dense, x, y, b).sum()))
+    candidates = [
+        Candidate("jaxkeops gradient wrt x", lambda: grad(x, y, b)),
+        Candidate("lax.map row-chunked jnp gradient", lambda: chunked(x, y, b)),
+        Candidate("jaxkeops forward", lambda: fwd(x, y, b)),
+    ]
+    return candidates, M * N, f"Gradient of a Gaussian sum wrt x, M={M}, N={N}, D={D}, float32"
+
+
 BENCHMARKS = {
     "gaussian": Benchmark((20000, 20000), _gaussian_sum),
+    "vmap": Benchmark((2000, 2000), _vmap_gaussian),
+    "gaussian_grad": Benchmark((20000, 20000), _gaussian_grad),
+    "gaussian_d100": Benchmark((10000, 10000), _gaussian_sum_d100),
 }

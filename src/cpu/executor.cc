@@ -437,15 +437,18 @@ void run_item(const Plan<T>& plan, const R& red, const T* const* inputs,
 class OutputWriter {
  public:
   OutputWriter(const OutputBuffer* outs, const std::vector<OutputInfo>& infos)
-      : outs_(outs), infos_(infos) {
-    for (const OutputInfo& o : infos) width_ += o.width;
+      : outs_(outs) {
+    for (const OutputInfo& o : infos) {
+      widths_.push_back(o.width());
+      width_ += widths_.back();
+    }
   }
   int64_t width() const { return width_; }
 
   void write(const double* row_values, int64_t row) const {
     const double* src = row_values;
-    for (size_t k = 0; k < infos_.size(); ++k) {
-      const int64_t w = infos_[k].width;
+    for (size_t k = 0; k < widths_.size(); ++k) {
+      const int64_t w = widths_[k];
       const int64_t at = row * w;
       switch (outs_[k].type) {
         case ElementType::kF32: copy(src, static_cast<float*>(outs_[k].data) + at, w); break;
@@ -463,7 +466,7 @@ class OutputWriter {
     for (int64_t d = 0; d < n; ++d) dst[d] = static_cast<U>(src[d]);
   }
   const OutputBuffer* outs_;
-  const std::vector<OutputInfo>& infos_;
+  std::vector<int64_t> widths_;
   int64_t width_ = 0;
 };
 
