@@ -440,3 +440,36 @@ def test_scores_constant_along_the_reduced_axis(rng):
     # Mixed: constant scores, varying weights: a plain average of the weights.
     soft = S.sumsoftmaxweight(Vj(b), axis=1)
     np.testing.assert_allclose(soft, np.tile(b.mean(0), (M, 1)), rtol=1e-12)
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_batch_dims_and_vmap(rng, axis):
+    """KeOps batch dims (axis counts them) and jax.vmap: several outputs, index outputs and the
+    (K, D) rows of a vector K-min all keep the batch dims in front."""
+    B, M, N, D, K = 3, 20, 25, 2, 4
+    x = rng.normal(size=(B, M, 1, D))
+    y = rng.normal(size=(1, 1, N, D))
+    w = rng.normal(size=(B, M, 1, 3)) if axis == 0 else rng.normal(size=(B, 1, N, 3))
+    S, V = LazyTensor(x).sqdist(LazyTensor(y)), LazyTensor(x) - LazyTensor(y)
+    s, v = ((x - y) ** 2).sum(-1, keepdims=True), np.broadcast_to(x - y, (B, M, N, D))
+    red = 1 + axis  # the reduced grid axis of the dense arrays
+    order_s, order_v = np.argsort(s, red, kind="stable"), np.argsort(v, red, kind="stable")
+    first = lambda a: np.moveaxis(np.moveaxis(a, red, 1)[:, :K], 1, -2)  # noqa: E731
+    value, index = S.Kmin_argKmin(K, axis=1 + axis)
+    assert value.shape == index.shape == (B, (M, N)[1 - axis], K)
+    np.testing.assert_array_equal(index, first(order_s)[..., 0])
+    np.testing.assert_allclose(value, first(np.take_along_axis(s, order_s, red))[..., 0])
+    value, index = V.Kmin_argKmin(K, dim=1 + axis)
+    assert value.shape == index.shape == (B, (M, N)[1 - axis], K, D)
+    np.testing.assert_array_equal(index, first(order_v))
+    m, i = V.max_argmax(1 + axis)
+    np.testing.assert_array_equal(i, v.argmax(red))
+    np.testing.assert_allclose(m, v.max(red))
+    e = np.exp(-s - (-s).max(red, keepdims=True))
+    np.testing.assert_allclose((-S).sumsoftmaxweight(LazyTensor(w), 1 + axis),
+                               (e * w).sum(red) / e.sum(red), rtol=1e-12)
+    # jax.vmap folds the mapped axis into the batch dims: one kernel call.
+    knn = jax.vmap(lambda x: Vi(x).sqdist(Vj(y[0, 0])).Kmin_argKmin(K, axis=1))
+    value, index = knn(x[:, :, 0])
+    assert index.shape == (B, M, K) and index.dtype == INDEX
+    np.testing.assert_array_equal(index, np.argsort(s[..., 0], 2, kind="stable")[..., :K])
