@@ -212,7 +212,7 @@ class LazyTensor:
         if other.formula.dim not in (1, self.formula.dim):
             raise ValueError(
                 f"x ** y: exponent dimension {other.formula.dim} does not match base dimension "
-                f"{self.formula.dim}; expected 1 or {self.formula.dim}"
+                f"{self.formula.dim}; expected {sorted({1, self.formula.dim})}"
             )
         return self._binary(other, "Powf")
 

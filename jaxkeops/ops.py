@@ -572,7 +572,10 @@ _register("XLogX", 24, 1, _same_dim, lambda a, p: _xlogx(a),
 # SinXDivX(0) = 1; derivative (cos x - sin(x)/x) / x.
 _register("SinXDivX", 25, 1, _same_dim, lambda a, p: _sinxdivx(a),
           jvp=_chain(lambda n, x: _op("Divide", _op("Subtract", _op("Cos", x), n), x)))
-_register("Sign", 26, 1, _same_dim, lambda a, p: jnp.sign(a), jvp=_zero_jvp)
+# Sign(±0) = +0 (KeOps: x > 0 ? 1 : (x < 0 ? -1 : 0)).
+_register("Sign", 26, 1, _same_dim,
+          lambda a, p: jnp.where(a > 0, 1.0, jnp.where(a < 0, -1.0, 0.0)).astype(a.dtype),
+          jvp=_zero_jvp)
 # Step(x) = 0 if x < 0 else 1 (1 at 0).
 _register("Step", 27, 1, _same_dim, lambda a, p: jnp.where(a < 0, 0.0, 1.0).astype(a.dtype),
           jvp=_zero_jvp)

@@ -187,6 +187,7 @@ JAXKEOPS_LIBM(acos)
 JAXKEOPS_LIBM(atan)
 JAXKEOPS_LIBM(floor)
 JAXKEOPS_LIBM(trunc)
+JAXKEOPS_LIBM(fabs)
 #undef JAXKEOPS_LIBM
 
 template <class T>
@@ -203,8 +204,8 @@ template <class T>
 JAXKEOPS_HD inline T round_half_away(T a) {
   T t = trunc_(a);
   T frac = a - t;
-  T away = frac >= T(0.5) ? T(1) : (frac <= T(-0.5) ? T(-1) : T(0));
-  return t + away;
+  // Selects rather than adding 0, so that round(-0.3) is -0.0 as in C.
+  return frac >= T(0.5) ? t + T(1) : (frac <= T(-0.5) ? t - T(1) : t);
 }
 
 // ---- unary elementwise ----
@@ -213,7 +214,7 @@ struct Exp { template <class T> JAXKEOPS_HD static T apply(T a) { return exp_(a)
 struct Log { template <class T> JAXKEOPS_HD static T apply(T a) { return log_(a); } };
 struct Sqrt { template <class T> JAXKEOPS_HD static T apply(T a) { return sqrt_(a); } };
 struct Square { template <class T> JAXKEOPS_HD static T apply(T a) { return a * a; } };
-struct Abs { template <class T> JAXKEOPS_HD static T apply(T a) { return a < T(0) ? -a : a; } };
+struct Abs { template <class T> JAXKEOPS_HD static T apply(T a) { return fabs_(a); } };
 struct Sin { template <class T> JAXKEOPS_HD static T apply(T a) { return sin_(a); } };
 struct Cos { template <class T> JAXKEOPS_HD static T apply(T a) { return cos_(a); } };
 struct Asin { template <class T> JAXKEOPS_HD static T apply(T a) { return asin_(a); } };
@@ -230,7 +231,7 @@ struct Rsqrt {
 struct XLogX {
   template <class T> JAXKEOPS_HD static T apply(T a) {
     T safe = a == T(0) ? T(1) : a;
-    return a * log_(safe);
+    return a == T(0) ? T(0) : a * log_(safe);  // +0 at -0 too
   }
 };
 // sin(x) / x, 1 at 0.

@@ -70,6 +70,8 @@ def _piecewise(draw, leaf, other):
 def formulas(draw, leaves, depth):
     """A random LazyTensor over `leaves` (values stay moderate: no overflow, no log(<=0))."""
     if depth == 0 or draw(st.integers(0, 4)) == 0:
+        if draw(st.integers(0, 2)) == 0:
+            return _piecewise(draw, draw(st.sampled_from(leaves)), draw(st.sampled_from(leaves)))
         return draw(st.sampled_from(leaves))
     sub = formulas(leaves, depth - 1)
     kind = draw(st.sampled_from(
@@ -90,6 +92,8 @@ def formulas(draw, leaves, depth):
             return a / (1.0 + b.square())
         if kind == "atan2":
             return a.atan2(b)
+        if a.formula.dim < b.formula.dim:  # KeOps: the exponent has dimension 1 or the base's
+            a, b = b, a
         return (1.0 + a.atan().square()) ** b.atan()
     if kind in ("sqdist", "dot"):
         b = draw(sub)
