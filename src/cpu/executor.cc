@@ -14,6 +14,7 @@
 #include "cpu/executor.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdlib>
 #include <memory>
@@ -50,7 +51,7 @@ struct Bound {
   int32_t out_dim = 0;
   int32_t arg_dim = 0;  // dim of the first argument (for reductions over dims)
   ArgRef<T> a, b, c;
-  int32_t ipar = 0, ipar2 = 0;
+  int32_t ipar = 0;
   const int32_t* table = nullptr;  // TensorDot: (out, a, b) index triples
   int64_t n_terms = 0;
 };
@@ -187,16 +188,18 @@ template <class T, int LA, int LB>
 void tensordot_kernel(const Bound<T>& k, int64_t row, int64_t L) {
   const T* pa = k.a.base + row * k.a.row_step;
   const T* pb = k.b.base + row * k.b.row_step;
-  for (int32_t d = 0; d < k.out_dim; ++d) {
-    T* JK_RESTRICT o = k.out + d * k.out_ds;
-    for (int64_t l = 0; l < L; ++l) o[l] = T(0);
-  }
+  // The table is sorted by output index and covers every output: the first term of an output
+  // is assigned (so a single product keeps its sign of zero, as jnp), the others added.
   for (int64_t t = 0; t < k.n_terms; ++t) {
     const int32_t* term = k.table + 3 * t;
     T* JK_RESTRICT o = k.out + term[0] * k.out_ds;
     const T* JK_RESTRICT x = pa + term[1] * k.a.dim_stride;
     const T* JK_RESTRICT y = pb + term[2] * k.b.dim_stride;
-    for (int64_t l = 0; l < L; ++l) o[l] += x[l * LA] * y[l * LB];
+    if (t == 0 || term[-3] != term[0]) {
+      for (int64_t l = 0; l < L; ++l) o[l] = x[l * LA] * y[l * LB];
+    } else {
+      for (int64_t l = 0; l < L; ++l) o[l] += x[l * LA] * y[l * LB];
+    }
   }
 }
 
@@ -426,13 +429,16 @@ class Plan {
       std::string unused;
       spec.parse(ins.int_params, prog.registers[ins.args[0]].dim,
                  prog.registers[ins.args[1]].dim, &unused);
-      std::vector<int32_t>& table = tables_[i];
-      table.reserve(3 * spec.n_terms);
+      std::vector<std::array<int32_t, 3>> terms;
+      terms.reserve(spec.n_terms);
       spec.for_each_term([&](int64_t o, int64_t a, int64_t b) {
-        table.push_back(int32_t(o));
-        table.push_back(int32_t(a));
-        table.push_back(int32_t(b));
+        terms.push_back({int32_t(o), int32_t(a), int32_t(b)});
       });
+      std::stable_sort(terms.begin(), terms.end(),
+                       [](const auto& x, const auto& y) { return x[0] < y[0]; });
+      std::vector<int32_t>& table = tables_[i];
+      table.reserve(3 * terms.size());
+      for (const auto& term : terms) table.insert(table.end(), term.begin(), term.end());
     }
   }
 
@@ -483,7 +489,6 @@ class Plan {
         if (ins.args.size() > 1) k.b = arg_ref(ins.args[1], phase, s.dim, ws, &lb);
         if (ins.args.size() > 2) k.c = arg_ref(ins.args[2], phase, s.dim, ws, &lc);
         if (!ins.int_params.empty()) k.ipar = ins.int_params[0];
-        if (ins.int_params.size() > 1) k.ipar2 = ins.int_params[1];
         if (!tables_[i].empty()) {
           k.table = tables_[i].data();
           k.n_terms = static_cast<int64_t>(tables_[i].size() / 3);
