@@ -9,6 +9,7 @@ Variables are numbered in order of first appearance, so equal expressions give e
 from __future__ import annotations
 
 import functools
+import math
 import numbers
 
 import jax
@@ -16,12 +17,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxkeops.formula import CAT_I, CAT_J, CAT_NAMES, CAT_P, Const, Node, Var, substitute
-from jaxkeops.ops import apply_op
+from jaxkeops.ops import apply_op, tensordot_params
 from jaxkeops.primitive import keops_reduce
 from jaxkeops.reductions import check_reduction
 from jaxkeops.solve import default_maxiter, ridge_solve
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+# Half-precision inputs are computed (and accumulated) in float32; results come back in the
+# input dtype.
+_HALF_DTYPES = (np.dtype(jnp.float16), np.dtype(jnp.bfloat16))
 
 
 class _Variable:
@@ -43,8 +47,10 @@ def _is_array(x) -> bool:
 
 def _check_float_dtype(x, what: str):
     dtype = np.dtype(x.dtype)
-    if dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{what} has dtype {dtype}; expected float32 or float64")
+    if dtype not in _FLOAT_DTYPES + _HALF_DTYPES:
+        raise TypeError(
+            f"{what} has dtype {dtype}; expected float16, bfloat16, float32 or float64"
+        )
 
 
 def _category_of_3d(shape, what: str) -> int:
@@ -197,14 +203,28 @@ class LazyTensor:
         return self._unary("Minus")
 
     def __pow__(self, other):
+        """`x ** n`: 2 → Square, other ints → Pow, 0.5 → Sqrt, -0.5 → Rsqrt, other floats and
+        LazyTensors (of dimension 1 or x's) → Powf, as KeOps."""
         if isinstance(other, numbers.Integral) and not isinstance(other, bool):
             return self._unary("Square") if other == 2 else self._unary("Pow", (int(other),))
-        if isinstance(other, numbers.Real) and float(other) == 0.5:
-            return self._unary("Sqrt")
+        if isinstance(other, numbers.Real) and not isinstance(other, bool):
+            if float(other) == 0.5:
+                return self._unary("Sqrt")
+            if float(other) == -0.5:
+                return self._unary("Rsqrt")
+        other = LazyTensor._lift(other)
+        if other.formula.dim not in (1, self.formula.dim):
+            raise ValueError(
+                f"x ** y: exponent dimension {other.formula.dim} does not match base dimension "
+                f"{self.formula.dim}; expected {sorted({1, self.formula.dim})}"
+            )
         return self._binary(other, "Powf")
 
     def __rpow__(self, other):
         return self._binary(other, "Powf", reverse=True)
+
+    def power(self, other):
+        return self**other
 
     def __or__(self, other):
         """`x | y`: the dot product along the feature axis (KeOps' Scalprod)."""
@@ -213,23 +233,285 @@ class LazyTensor:
     def __ror__(self, other):
         return self._binary(other, "Scalprod", reverse=True)
 
+    def _ternary(self, b, c, name: str, params: tuple = ()) -> "LazyTensor":
+        b_formula, variables, ni, nj = self._merge(LazyTensor._lift(b))
+        with_b = LazyTensor._make(self.formula, variables, ni, nj)
+        c_formula, variables, ni, nj = with_b._merge(LazyTensor._lift(c))
+        formula = apply_op(name, (self.formula, b_formula, c_formula), params)
+        return LazyTensor._make(formula, variables, ni, nj)
+
+    # --- elementwise functions (KeOps names) ----------------------------------------------------
+
+    def __abs__(self):
+        return self._unary("Abs")
+
+    def abs(self):
+        return self._unary("Abs")
+
     def exp(self):
         return self._unary("Exp")
 
     def log(self):
         return self._unary("Log")
 
+    def xlogx(self):
+        """x log x, 0 at 0."""
+        return self._unary("XLogX")
+
     def sqrt(self):
         return self._unary("Sqrt")
+
+    def rsqrt(self):
+        """1 / sqrt(x), and 0 at 0 (as KeOps)."""
+        return self._unary("Rsqrt")
 
     def square(self):
         return self._unary("Square")
 
+    def sin(self):
+        return self._unary("Sin")
+
+    def cos(self):
+        return self._unary("Cos")
+
+    def sinxdivx(self):
+        """sin(x) / x, 1 at 0."""
+        return self._unary("SinXDivX")
+
+    def sinc(self):
+        """sin(pi x) / (pi x), as KeOps: SinXDivX(pi * x)."""
+        return (math.pi * self).sinxdivx()
+
+    def asin(self):
+        return self._unary("Asin")
+
+    def acos(self):
+        return self._unary("Acos")
+
+    def atan(self):
+        return self._unary("Atan")
+
+    def atan2(self, other):
+        """`y.atan2(x)`: atan2(y, x), elementwise."""
+        return self._binary(other, "Atan2")
+
+    def sign(self):
+        """-1, 0 or 1."""
+        return self._unary("Sign")
+
+    def step(self):
+        """0 where x < 0, 1 elsewhere."""
+        return self._unary("Step")
+
+    def relu(self):
+        return self._unary("ReLU")
+
+    def floor(self):
+        return self._unary("Floor")
+
+    def round(self, d: int = 0):
+        """Round to `d` decimals, halves away from zero (C's round, as KeOps)."""
+        if not isinstance(d, numbers.Integral) or isinstance(d, bool):
+            raise TypeError(f"round(d): d is {d!r}; expected an int number of decimals")
+        return self._unary("Round", (int(d),))
+
+    # Comparisons give 0 or 1 (KeOps' Equal, NotEqual, LessThan, LessOrEqual; > and >= swap).
+    __hash__ = object.__hash__  # defining __eq__ would otherwise drop it
+
+    def __eq__(self, other):
+        return self._binary(other, "Equal")
+
+    def __ne__(self, other):
+        return self._binary(other, "NotEqual")
+
+    def __lt__(self, other):
+        return self._binary(other, "LessThan")
+
+    def __gt__(self, other):
+        return self._binary(other, "LessThan", reverse=True)
+
+    def __le__(self, other):
+        return self._binary(other, "LessOrEqual")
+
+    def __ge__(self, other):
+        return self._binary(other, "LessOrEqual", reverse=True)
+
+    def clamp(self, a, b):
+        """a where x < a, b where x > b, x elsewhere (a, b: numbers or LazyTensors)."""
+        return self._ternary(a, b, "Clamp")
+
+    def ifelse(self, a, b):
+        """a where x >= 0, b elsewhere."""
+        return self._ternary(a, b, "IfElse")
+
+    def mod(self, modulus, offset=0):
+        """x - modulus * floor((x - offset) / modulus)."""
+        return self._ternary(modulus, offset, "Mod")
+
+    # --- vector operations ------------------------------------------------------------------------
+
     def sqnorm2(self):
         return self._unary("SqNorm2")
 
+    def norm2(self):
+        return self.sqnorm2().sqrt()
+
+    def norm(self, dim: int = -1):
+        if dim not in (-1, 2):
+            raise ValueError(f"norm(dim): dim={dim}; only the feature axis (-1 or 2) is supported")
+        return self.norm2()
+
+    def normalize(self):
+        """x / |x| (0 where x = 0), as KeOps: Rsqrt(SqNorm2(x)) * x."""
+        return self.sqnorm2().rsqrt() * self
+
     def sqdist(self, other):
         return self._binary(other, "SqDist")
+
+    def weightedsqnorm(self, s):
+        """Σ s x², Σ_k s_k x_k² or xᵀ S x, for weights s of dimension 1, D or D² (S row-major)."""
+        s = LazyTensor._lift(s)
+        D, ds = self.formula.dim, s.formula.dim
+        if ds == 1:
+            return s * self.sqnorm2()
+        if ds == D:
+            return (s * self.square()).sum(-1)
+        if ds == D * D:
+            return (self * s.matvecmult(self)).sum(-1)
+        raise ValueError(
+            f"weightedsqnorm: weights of dimension {ds} for a vector of dimension {D}; "
+            f"expected 1, {D} or {D * D}"
+        )
+
+    def weightedsqdist(self, g, s):
+        """(x - g).weightedsqnorm(s)."""
+        return (self - g).weightedsqnorm(s)
+
+    def _feature_axis(self, axis, dim, method: str) -> bool:
+        """Whether a min/max/argmin/argmax call is over the feature axis (a new LazyTensor)."""
+        axis = axis if dim is None else dim
+        return axis in (-1, len(self.batch_shape) + 2)
+
+    def one_hot(self, D: int):
+        """A vector of dimension D with 1 at index round(x) (KeOps: (int)(x + 0.5))."""
+        if not isinstance(D, numbers.Integral) or isinstance(D, bool):
+            raise TypeError(f"one_hot(D): D is {D!r}; expected an int")
+        return self._unary("OneHot", (int(D),))
+
+    # --- indexing ---------------------------------------------------------------------------------
+
+    def elem(self, i: int):
+        """The coordinate x[i] (dimension 1)."""
+        D = self.formula.dim
+        if not isinstance(i, numbers.Integral) or isinstance(i, bool):
+            raise TypeError(f"elem(i): i is {i!r}; expected an int")
+        if not 0 <= i < D:
+            raise ValueError(f"elem(i): index {i} is out of bounds [0, {D})")
+        return self._unary("Extract", (int(i), 1))
+
+    def extract(self, i: int, d: int):
+        """The coordinates x[i:i+d] (dimension d)."""
+        D = self.formula.dim
+        for name, v in (("i", i), ("d", d)):
+            if not isinstance(v, numbers.Integral) or isinstance(v, bool):
+                raise TypeError(f"extract(i, d): {name} is {v!r}; expected an int")
+        if not 0 <= i < D or d < 1 or i + d > D:
+            raise ValueError(f"extract(i, d): range [{i}, {i + d}) is not inside [0, {D})")
+        return self._unary("Extract", (int(i), int(d)))
+
+    def __getitem__(self, key):
+        """`x[k]` → elem(k) (negative k counts from the end), `x[k:l]` → extract(k, l - k);
+        leading `...` or `:` entries are allowed, only the feature axis can be indexed."""
+        if isinstance(key, tuple):
+            head, key = key[:-1], key[-1] if key else None
+            if len(head) > 2 or any(k is not Ellipsis and k != slice(None) for k in head):
+                raise ValueError(
+                    "LazyTensor indexing: only the last (feature) axis can be indexed, "
+                    "as x[k], x[k:l] or x[..., k:l]"
+                )
+        D = self.formula.dim
+        if isinstance(key, slice):
+            start, stop, step = key.indices(D)
+            if step != 1:
+                raise ValueError(f"LazyTensor indexing: slice step {key.step}; expected 1")
+            if stop <= start:
+                raise ValueError(f"LazyTensor indexing: empty slice {key} of a dimension {D}")
+            return self.extract(start, stop - start)
+        if isinstance(key, numbers.Integral) and not isinstance(key, bool):
+            return self.elem(key + D if key < 0 else key)
+        raise TypeError(f"LazyTensor indexing: key {key!r}; expected an int or a slice")
+
+    def concat(self, other):
+        """x's coordinates followed by other's (dimension x.dim + other.dim)."""
+        return self._binary(other, "Concat")
+
+    @staticmethod
+    def concatenate(lazy_tensors, axis: int = -1):
+        """Concatenation of a tuple of LazyTensors along the feature axis."""
+        if not isinstance(lazy_tensors, (tuple, list)) or not lazy_tensors:
+            raise ValueError("LazyTensor.concatenate: expected a non-empty tuple of LazyTensors")
+        if axis not in (-1, 2):
+            raise ValueError(
+                f"LazyTensor.concatenate: axis={axis}; only the feature axis (-1 or 2) is supported"
+            )
+        out = LazyTensor._lift(lazy_tensors[0])
+        for x in lazy_tensors[1:]:
+            out = out.concat(x)
+        return out
+
+    @staticmethod
+    def cat(lazy_tensors, dim: int):
+        """Alias of `LazyTensor.concatenate(lazy_tensors, dim)`."""
+        return LazyTensor.concatenate(lazy_tensors, dim)
+
+    # --- tensor algebra (all TensorDot) -----------------------------------------------------------
+
+    def matvecmult(self, v):
+        """A (dimension n·p, row-major n×p) times v (dimension p): dimension n."""
+        v = LazyTensor._lift(v)
+        da, dv = self.formula.dim, v.formula.dim
+        if da % dv:
+            raise ValueError(
+                f"matvecmult: matrix dimension {da} is not a multiple of vector dimension {dv}"
+            )
+        return self._binary(v, "TensorDot", tensordot_params([da // dv, dv], [dv], [1], [0]))
+
+    def vecmatmult(self, A):
+        """v (dimension n) times A (dimension n·p, row-major n×p): dimension p."""
+        A = LazyTensor._lift(A)
+        dv, da = self.formula.dim, A.formula.dim
+        if da % dv:
+            raise ValueError(
+                f"vecmatmult: matrix dimension {da} is not a multiple of vector dimension {dv}"
+            )
+        return self._binary(A, "TensorDot", tensordot_params([dv], [dv, da // dv], [0], [0]))
+
+    def tensorprod(self, other):
+        """Outer product, row-major: out[k * dim(other) + l] = x[k] other[l]."""
+        other = LazyTensor._lift(other)
+        return self._binary(
+            other, "TensorDot", tensordot_params([self.formula.dim], [other.formula.dim], [], [])
+        )
+
+    def keops_tensordot(self, other, dimfa, dimfb, contfa, contfb, *args):
+        """KeOps' TensorDot: x and other seen as tensors of shapes dimfa and dimfb, contracted
+        over the axes contfa[k] ↔ contfb[k]; the kept axes (x's then other's) are transposed by
+        argsort(perm) when a permutation `perm` is given as last argument."""
+        as_tuple = lambda v: (v,) if isinstance(v, numbers.Integral) else tuple(v)  # noqa: E731
+        perm = as_tuple(args[0]) if args else None
+        params = tensordot_params(as_tuple(dimfa), as_tuple(dimfb), as_tuple(contfa),
+                                  as_tuple(contfb), perm)
+        return self._binary(other, "TensorDot", params)
+
+    def keops_kron(self, other, dimfself, dimfother):
+        """Kronecker product of x (shape dimfself) and other (shape dimfother), flattened."""
+        if len(dimfself) != len(dimfother):
+            raise ValueError(
+                f"keops_kron: shapes {list(dimfself)} and {list(dimfother)} have different ranks"
+            )
+        n = len(dimfself)
+        perm = list(range(0, 2 * n, 2)) + list(range(1, 2 * n, 2))
+        return self.keops_tensordot(other, dimfself, dimfother, (), (), perm)
 
     # --- shape and printing --------------------------------------------------------------------
 
@@ -287,7 +569,13 @@ class LazyTensor:
                 f"Var({k}) {CAT_NAMES[v.cat]} {np.dtype(v.array.dtype)}"
                 for k, v in enumerate(self.variables)
             )
-            raise TypeError(f"the variables of one formula must share a dtype; got {seen}")
+            raise TypeError(
+                f"the variables of one formula must share a dtype (cast them explicitly); "
+                f"got {seen}"
+            )
+        (dtype,) = dtypes
+        if dtype in _HALF_DTYPES:  # computed and accumulated in float32
+            operands = [x.astype(jnp.float32) for x in operands]
         # An axis without a variable has size 1; an empty one (0) stays empty.
         ni = 1 if self.ni is None else self.ni
         nj = 1 if self.nj is None else self.nj
@@ -296,7 +584,7 @@ class LazyTensor:
                             nj if axis == 1 else ni)
         except ValueError as e:
             raise ValueError(f"{method}: {e}") from None
-        return keops_reduce(
+        outs = keops_reduce(
             operands,
             formulas=formulas,
             var_cats=[v.cat for v in self.variables],
@@ -307,6 +595,9 @@ class LazyTensor:
             nj=nj,
             batch_shape=self.batch_shape,
         )
+        if dtype in _HALF_DTYPES:
+            outs = tuple(o.astype(dtype) if o.dtype == jnp.float32 else o for o in outs)
+        return outs
 
     def _reduce_weighted(self, reduction: str, weight, axis: int, method: str):
         """A reduction of two formulas: the scores (self) and a weight LazyTensor."""
@@ -358,25 +649,35 @@ class LazyTensor:
         axis = self._reduction_axis(axis, dim, "sumsoftmaxweight")
         return self._reduce_weighted("SumSoftMaxWeight", weight, axis, "sumsoftmaxweight")[0]
 
-    def min(self, axis: int | None = None, dim: int | None = None):
-        """Minimum over the reduced axis, per component: (M, D); +inf on an empty axis."""
-        return self._reduce("Min", self._reduction_axis(axis, dim, "min"), method="min")[0]
+    def _pick(self, reduction: str, method: str, axis, dim):
+        if dim is not None and axis == -1:  # the default axis: dim= decides
+            axis = None
+        if self._feature_axis(axis, dim, method):  # over the feature axis: a new LazyTensor
+            return self._unary(reduction)
+        axis = self._reduction_axis(axis, dim, method)
+        return self._reduce(reduction, axis, method=method)[0]
 
-    def max(self, axis: int | None = None, dim: int | None = None):
-        """Maximum over the reduced axis, per component: (M, D); -inf on an empty axis."""
-        return self._reduce("Max", self._reduction_axis(axis, dim, "max"), method="max")[0]
+    def min(self, axis: int = -1, dim: int | None = None):
+        """`min(0)` / `min(1)`: minimum over i / over j, per component: (M, D); +inf on an empty
+        axis. `min(-1)`: the smallest coordinate (a LazyTensor of dimension 1)."""
+        return self._pick("Min", "min", axis, dim)
 
-    def argmin(self, axis: int | None = None, dim: int | None = None):
-        """Index of the minimum, per component (the lowest on ties): (M, D) integers; -1 on an
-        empty reduced axis."""
-        axis = self._reduction_axis(axis, dim, "argmin")
-        return self._reduce("ArgMin", axis, method="argmin")[0]
+    def max(self, axis: int = -1, dim: int | None = None):
+        """`max(0)` / `max(1)`: maximum over i / over j, per component: (M, D); -inf on an empty
+        axis. `max(-1)`: the largest coordinate (a LazyTensor of dimension 1)."""
+        return self._pick("Max", "max", axis, dim)
 
-    def argmax(self, axis: int | None = None, dim: int | None = None):
-        """Index of the maximum, per component (the lowest on ties): (M, D) integers; -1 on an
-        empty reduced axis."""
-        axis = self._reduction_axis(axis, dim, "argmax")
-        return self._reduce("ArgMax", axis, method="argmax")[0]
+    def argmin(self, axis: int = -1, dim: int | None = None):
+        """`argmin(0)` / `argmin(1)`: index of the minimum, per component (the lowest on ties):
+        (M, D) integers; -1 on an empty reduced axis. `argmin(-1)`: index of the first smallest
+        coordinate, as a float value (a LazyTensor of dimension 1)."""
+        return self._pick("ArgMin", "argmin", axis, dim)
+
+    def argmax(self, axis: int = -1, dim: int | None = None):
+        """`argmax(0)` / `argmax(1)`: index of the maximum, per component (the lowest on ties):
+        (M, D) integers; -1 on an empty reduced axis. `argmax(-1)`: index of the first largest
+        coordinate, as a float value (a LazyTensor of dimension 1)."""
+        return self._pick("ArgMax", "argmax", axis, dim)
 
     def min_argmin(self, axis: int | None = None, dim: int | None = None):
         """(min, argmin) in one pass; (+inf, -1) on an empty reduced axis."""

@@ -252,6 +252,387 @@ _register("SqDist", 16, 2, _equal_dims_to_scalar("SqDist"),
               _add(t[0], _neg(t[1]))))
 
 
+# --- the rest of KeOps' formula language --------------------------------------------------------
+# Static parameters are ints (the compiler sends them as int_params, in the order listed):
+#   Round (d)           decimals
+#   OneHot (D)          output dimension
+#   Extract (i, d)      x[i:i+d]
+#   ExtractT (i, D)     x placed at [i:i+dim] of a zero vector of dimension D (Extract's transpose)
+#   TensorDot (na, nb, nc, *dimfa, *dimfb, *contfa, *contfb, *perm)   see _unpack_tensordot
+
+
+def _ternary_broadcast_dims(name):
+    """KeOps' "same dimension or 1" rule for elementwise ternary ops."""
+
+    def rule(dims, params):
+        big = {d for d in dims if d != 1}
+        if len(big) > 1:
+            shown = ", ".join(str(d) for d in dims)
+            raise ValueError(
+                f"{name}: operand dimensions {shown} do not match; "
+                f"expected equal dimensions or dimension 1"
+            )
+        return max(dims)
+
+    return rule
+
+
+def _check_int(name, what, value, lo, hi=None):
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name}: {what} is {value!r}; expected an int")
+    if value < lo or (hi is not None and value > hi):
+        bound = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+        raise ValueError(f"{name}: {what} is {value}; expected {bound}")
+
+
+def _round_dim(dims, params):
+    (d,) = params
+    _check_int("Round", "the number of decimals", d, -300, 300)
+    return dims[0]
+
+
+def _one_hot_dim(dims, params):
+    (D,) = params
+    if dims[0] != 1:
+        raise ValueError(f"OneHot: operand dimension is {dims[0]}; expected 1 (a scalar formula)")
+    _check_int("OneHot", "the output dimension D", D, 1)
+    return D
+
+
+def _extract_dim(dims, params):
+    i, d = params
+    _check_int("Extract", "the start index", i, 0, dims[0] - 1)
+    _check_int("Extract", f"the length (from index {i})", d, 1, dims[0] - i)
+    return d
+
+
+def _extract_t_dim(dims, params):
+    i, D = params
+    _check_int("ExtractT", "the output dimension", D, dims[0])
+    _check_int("ExtractT", "the start index", i, 0, D - dims[0])
+    return D
+
+
+def _concat_dim(dims, params):
+    return dims[0] + dims[1]
+
+
+def _prod(values):
+    out = 1
+    for v in values:
+        out *= v
+    return out
+
+
+def _argsort(values):
+    return sorted(range(len(values)), key=lambda k: values[k])
+
+
+def tensordot_params(dimfa, dimfb, contfa, contfb, perm=None) -> tuple[int, ...]:
+    """The flat int params of TensorDot (KeOps' keops_tensordot arguments)."""
+    dimfa, dimfb = [int(d) for d in dimfa], [int(d) for d in dimfb]
+    contfa, contfb = [int(c) for c in contfa], [int(c) for c in contfb]
+    n_kept = len(dimfa) + len(dimfb) - 2 * len(contfa)
+    perm = list(range(n_kept)) if perm is None else [int(p) for p in perm]
+    return (len(dimfa), len(dimfb), len(contfa), *dimfa, *dimfb, *contfa, *contfb, *perm)
+
+
+def _unpack_tensordot(params):
+    na, nb, nc = params[:3]
+    rest = list(params[3:])
+    cuts = [na, nb, nc, nc]
+    parts = []
+    for n in cuts:
+        parts.append(tuple(rest[:n]))
+        rest = rest[n:]
+    return (*parts, tuple(rest))  # dimfa, dimfb, contfa, contfb, perm
+
+
+def _tensordot_labels(params):
+    """Einsum labels of TensorDot: a's axes, b's axes, the output's axes, and each label's size.
+
+    Contracted axis contfb[k] of b shares the label of axis contfa[k] of a. The kept axes are a's
+    then b's (tensordot order); the output is them transposed by argsort(perm), as in KeOps."""
+    dimfa, dimfb, contfa, contfb, perm = _unpack_tensordot(params)
+    la = list(range(len(dimfa)))
+    lb = [len(dimfa) + k for k in range(len(dimfb))]
+    for ca, cb in zip(contfa, contfb):
+        lb[cb] = ca
+    kept = [l for l in la if l not in contfa] + [l for k, l in enumerate(lb) if k not in contfb]
+    lout = [kept[k] for k in _argsort(perm)]
+    size = dict(zip(la, dimfa))
+    size.update(zip(lb, dimfb))
+    return la, lb, lout, size
+
+
+def _tensordot_dim(dims, params):
+    if len(params) < 3 or any(not isinstance(p, int) for p in params):
+        raise ValueError(f"TensorDot: malformed parameters {params!r}")
+    na, nb, nc = params[:3]
+    if na < 1 or nb < 1 or nc < 0 or len(params) != 3 + na + nb + 2 * nc + (na + nb - 2 * nc):
+        raise ValueError(f"TensorDot: malformed parameters {params!r}")
+    dimfa, dimfb, contfa, contfb, perm = _unpack_tensordot(params)
+    if any(d < 1 for d in dimfa + dimfb):
+        raise ValueError(f"TensorDot: dimensions {dimfa} and {dimfb} must be >= 1")
+    if _prod(dimfa) != dims[0] or _prod(dimfb) != dims[1]:
+        raise ValueError(
+            f"TensorDot: operand dimensions {dims[0]} and {dims[1]} do not match the shapes "
+            f"{list(dimfa)} (product {_prod(dimfa)}) and {list(dimfb)} (product {_prod(dimfb)})"
+        )
+    for name, cont, shape in (("contfa", contfa, dimfa), ("contfb", contfb, dimfb)):
+        if len(set(cont)) != len(cont) or any(not 0 <= c < len(shape) for c in cont):
+            raise ValueError(
+                f"TensorDot: {name}={list(cont)} must be distinct axes of {list(shape)}"
+            )
+    if [dimfa[c] for c in contfa] != [dimfb[c] for c in contfb]:
+        raise ValueError(
+            f"TensorDot: contracted dimensions {[dimfa[c] for c in contfa]} of a and "
+            f"{[dimfb[c] for c in contfb]} of b differ"
+        )
+    if sorted(perm) != list(range(na + nb - 2 * nc)):
+        raise ValueError(
+            f"TensorDot: perm={list(perm)} is not a permutation of the "
+            f"{na + nb - 2 * nc} kept axes"
+        )
+    la, lb, lout, size = _tensordot_labels(params)
+    return _prod(size[l] for l in lout)
+
+
+# --- jnp references ---
+
+def _keops_round(a, p):
+    # C's round(): halves away from zero (jnp.round rounds halves to even).
+    d = p[0]
+    y = a if d == 0 else a * (10.0 ** d)
+    t = jnp.trunc(y)
+    r = jnp.where(jnp.abs(y - t) >= 0.5, t + jnp.sign(y), t)
+    return r if d == 0 else r / (10.0 ** d)
+
+
+def _one_hot(a, p):
+    index = jnp.trunc(a + 0.5)  # as KeOps: (int)(x + .5)
+    return (jnp.arange(p[0], dtype=a.dtype) == index).astype(a.dtype)
+
+
+def _extract_t(a, p):
+    i, D = p
+    return jnp.pad(a, [(0, 0)] * (a.ndim - 1) + [(i, D - i - a.shape[-1])])
+
+
+def _concat(a, b, p):
+    lead = jnp.broadcast_shapes(a.shape[:-1], b.shape[:-1])
+    a = jnp.broadcast_to(a, lead + a.shape[-1:])
+    b = jnp.broadcast_to(b, lead + b.shape[-1:])
+    return jnp.concatenate([a, b], axis=-1)
+
+
+def _tensordot(a, b, p):
+    la, lb, lout, size = _tensordot_labels(p)
+    a = a.reshape(a.shape[:-1] + tuple(size[l] for l in la))
+    b = b.reshape(b.shape[:-1] + tuple(size[l] for l in lb))
+    out = jnp.einsum(a, [Ellipsis, *la], b, [Ellipsis, *lb], [Ellipsis, *lout])
+    return out.reshape(out.shape[: out.ndim - len(lout)] + (_prod(size[l] for l in lout),))
+
+
+# --- derivative rules ---
+
+def _zero_jvp(node, t):
+    """Piecewise-constant ops: the derivative is zero almost everywhere."""
+    return None
+
+
+def _chain(derivative):
+    """jvp of an elementwise unary op f: f'(x) * t, with derivative(node, x) the formula f'(x)."""
+    return lambda node, t: _mul(derivative(node, node.args[0]), t[0])
+
+
+def _one_minus(a):
+    return _op("Subtract", _const(1.0), a)
+
+
+def _atan2_jvp(node, t):
+    y, x = node.args
+    r = _op("Add", _op("Square", x), _op("Square", y))
+    return _to_dim(_add(_mul(_op("Divide", x, r), t[0]),
+                        _neg(_mul(_op("Divide", y, r), t[1]))), node.dim)
+
+
+def _ifelse_jvp(node, t):
+    step = _op("Step", node.args[0])
+    return _to_dim(_add(_mul(step, t[1]), _mul(_one_minus(step), t[2])), node.dim)
+
+
+def _clamp_jvp(node, t):
+    x, a, b = node.args
+    below = _op("LessThan", x, a)
+    not_below = _one_minus(below)
+    above = _op("Mult", not_below, _op("LessThan", b, x))
+    inside = _op("Subtract", not_below, above)
+    return _to_dim(_add(_add(_mul(inside, t[0]), _mul(below, t[1])), _mul(above, t[2])),
+                   node.dim)
+
+
+def _mod_jvp(node, t):
+    x, m, offset = node.args
+    q = _op("Floor", _op("Divide", _op("Subtract", x, offset), m))
+    return _to_dim(_add(t[0], _neg(_mul(q, t[1]))), node.dim)
+
+
+def _select_jvp(arg_name):
+    """Min/Max over the feature axis: the tangent of the selected coordinate."""
+
+    def rule(node, t):
+        x = node.args[0]
+        return _op("Scalprod", _op("OneHot", _op(arg_name, x), params=(x.dim,)), t[0])
+
+    return rule
+
+
+def _zeros_like(node):
+    return Const([0.0] * node.dim)
+
+
+def _concat_jvp(node, t):
+    a, b = node.args
+    return _op("Concat", _zeros_like(a) if t[0] is None else t[0],
+               _zeros_like(b) if t[1] is None else t[1])
+
+
+def _concat_transpose(node, ct, linear):
+    a, b = node.args
+    return (
+        _op("Extract", ct, params=(0, a.dim)) if linear[0] else None,
+        _op("Extract", ct, params=(a.dim, b.dim)) if linear[1] else None,
+    )
+
+
+def _tensordot_of_labels(x, lx, y, ly, lout, size):
+    """TensorDot(x, y) as the einsum lx, ly -> lout (labels shared by x and y are contracted;
+    every output label belongs to exactly one of them)."""
+    shared = [l for l in lx if l in ly]
+    kept = [l for l in lx if l not in ly] + [l for l in ly if l not in lx]
+    perm = _argsort([kept.index(l) for l in lout])
+    params = tensordot_params([size[l] for l in lx], [size[l] for l in ly],
+                              [lx.index(l) for l in shared], [ly.index(l) for l in shared], perm)
+    return _op("TensorDot", x, y, params=params)
+
+
+def _tensordot_jvp(node, t):
+    a, b = node.args
+    return _add(
+        None if t[0] is None else _op("TensorDot", t[0], b, params=node.params),
+        None if t[1] is None else _op("TensorDot", a, t[1], params=node.params),
+    )
+
+
+def _tensordot_transpose(node, ct, linear):
+    a, b = node.args
+    assert not all(linear), "TensorDot of two tangents is not linear"
+    la, lb, lout, size = _tensordot_labels(node.params)
+    return (
+        _tensordot_of_labels(ct, lout, b, lb, la, size) if linear[0] else None,
+        _tensordot_of_labels(ct, lout, a, la, lb, size) if linear[1] else None,
+    )
+
+
+def _rsqrt(a):
+    safe = jnp.where(a == 0, jnp.ones_like(a), a)
+    return jnp.where(a == 0, jnp.zeros_like(a), 1.0 / jnp.sqrt(safe))
+
+
+def _xlogx(a):
+    safe = jnp.where(a == 0, jnp.ones_like(a), a)
+    return jnp.where(a == 0, jnp.zeros_like(a), a * jnp.log(safe))
+
+
+def _sinxdivx(a):
+    safe = jnp.where(a == 0, jnp.ones_like(a), a)
+    return jnp.where(a == 0, jnp.ones_like(a), jnp.sin(safe) / safe)
+
+
+_sq1m = lambda x: _op("Subtract", _const(1.0), _op("Square", x))  # noqa: E731  1 - x^2
+
+_register("Abs", 17, 1, _same_dim, lambda a, p: jnp.abs(a), jvp=_chain(lambda n, x: _op("Sign", x)))
+_register("Sin", 18, 1, _same_dim, lambda a, p: jnp.sin(a), jvp=_chain(lambda n, x: _op("Cos", x)))
+_register("Cos", 19, 1, _same_dim, lambda a, p: jnp.cos(a),
+          jvp=_chain(lambda n, x: _op("Minus", _op("Sin", x))))
+_register("Asin", 20, 1, _same_dim, lambda a, p: jnp.arcsin(a),
+          jvp=_chain(lambda n, x: _op("Rsqrt", _sq1m(x))))
+_register("Acos", 21, 1, _same_dim, lambda a, p: jnp.arccos(a),
+          jvp=_chain(lambda n, x: _op("Minus", _op("Rsqrt", _sq1m(x)))))
+_register("Atan", 22, 1, _same_dim, lambda a, p: jnp.arctan(a),
+          jvp=_chain(lambda n, x: _op("Divide", _const(1.0),
+                                      _op("Add", _const(1.0), _op("Square", x)))))
+# Rsqrt(0) = 0, as KeOps.
+_register("Rsqrt", 23, 1, _same_dim, lambda a, p: _rsqrt(a),
+          jvp=_chain(lambda n, x: _op("Mult", _const(-0.5), _op("Pow", n, params=(3,)))))
+# XLogX(0) = 0.
+_register("XLogX", 24, 1, _same_dim, lambda a, p: _xlogx(a),
+          jvp=_chain(lambda n, x: _op("Add", _op("Log", x), _const(1.0))))
+# SinXDivX(0) = 1; derivative (cos x - sin(x)/x) / x.
+_register("SinXDivX", 25, 1, _same_dim, lambda a, p: _sinxdivx(a),
+          jvp=_chain(lambda n, x: _op("Divide", _op("Subtract", _op("Cos", x), n), x)))
+# Sign(±0) = +0 (KeOps: x > 0 ? 1 : (x < 0 ? -1 : 0)).
+_register("Sign", 26, 1, _same_dim,
+          lambda a, p: jnp.where(a > 0, 1.0, jnp.where(a < 0, -1.0, 0.0)).astype(a.dtype),
+          jvp=_zero_jvp)
+# Step(x) = 0 if x < 0 else 1 (1 at 0).
+_register("Step", 27, 1, _same_dim, lambda a, p: jnp.where(a < 0, 0.0, 1.0).astype(a.dtype),
+          jvp=_zero_jvp)
+_register("ReLU", 28, 1, _same_dim, lambda a, p: jnp.where(a < 0, jnp.zeros_like(a), a),
+          jvp=_chain(lambda n, x: _op("Step", x)))
+_register("Floor", 29, 1, _same_dim, lambda a, p: jnp.floor(a), jvp=_zero_jvp)
+# Atan2(y, x) = atan2(y, x), as y.atan2(x).
+_register("Atan2", 30, 2, _broadcast_dims("Atan2"), lambda a, b, p: jnp.arctan2(a, b),
+          jvp=_atan2_jvp)
+_register("Equal", 31, 2, _broadcast_dims("Equal"), lambda a, b, p: a == b, _infix("=="),
+          jvp=_zero_jvp)
+_register("NotEqual", 32, 2, _broadcast_dims("NotEqual"), lambda a, b, p: a != b, _infix("!="),
+          jvp=_zero_jvp)
+_register("LessThan", 33, 2, _broadcast_dims("LessThan"), lambda a, b, p: a < b, _infix("<"),
+          jvp=_zero_jvp)
+_register("LessOrEqual", 34, 2, _broadcast_dims("LessOrEqual"), lambda a, b, p: a <= b,
+          _infix("<="), jvp=_zero_jvp)
+# IfElse(c, a, b) = a where c >= 0, b elsewhere.
+_register("IfElse", 35, 3, _ternary_broadcast_dims("IfElse"),
+          lambda c, a, b, p: jnp.where(c >= 0, a, b), jvp=_ifelse_jvp)
+# Clamp(x, a, b) = a if x < a, else b if x > b, else x.
+_register("Clamp", 36, 3, _ternary_broadcast_dims("Clamp"),
+          lambda x, a, b, p: jnp.where(x < a, a, jnp.where(x > b, b, x)), jvp=_clamp_jvp)
+# Mod(x, m, offset) = x - m * floor((x - offset) / m).
+_register("Mod", 37, 3, _ternary_broadcast_dims("Mod"),
+          lambda x, m, o, p: x - m * jnp.floor((x - o) / m), jvp=_mod_jvp)
+_register("Round", 38, 1, _round_dim, _keops_round, lambda a, p: f"Round({a[0]},{p[0]})",
+          jvp=_zero_jvp)
+_register("Min", 39, 1, _to_scalar, lambda a, p: jnp.min(a, axis=-1, keepdims=True),
+          jvp=_select_jvp("ArgMin"))
+_register("Max", 40, 1, _to_scalar, lambda a, p: jnp.max(a, axis=-1, keepdims=True),
+          jvp=_select_jvp("ArgMax"))
+# ArgMin / ArgMax over the features: the first index reaching the extremum, as a float value.
+_register("ArgMin", 41, 1, _to_scalar,
+          lambda a, p: jnp.argmin(a, axis=-1, keepdims=True).astype(a.dtype), jvp=_zero_jvp)
+_register("ArgMax", 42, 1, _to_scalar,
+          lambda a, p: jnp.argmax(a, axis=-1, keepdims=True).astype(a.dtype), jvp=_zero_jvp)
+# OneHot(x, D): 1 at index (int)(x + 0.5), as KeOps; all zeros when that index is outside [0, D).
+_register("OneHot", 43, 1, _one_hot_dim, _one_hot, lambda a, p: f"OneHot({a[0]},{p[0]})",
+          jvp=_zero_jvp)
+_register("Extract", 44, 1, _extract_dim, lambda a, p: a[..., p[0]:p[0] + p[1]],
+          lambda a, p: f"Extract({a[0]},{p[0]},{p[1]})",
+          jvp=lambda node, t: _op("Extract", t[0], params=node.params),
+          transpose=lambda node, ct, linear: (
+              _op("ExtractT", ct, params=(node.params[0], node.args[0].dim)),))
+_register("ExtractT", 45, 1, _extract_t_dim, _extract_t,
+          lambda a, p: f"ExtractT({a[0]},{p[0]},{p[1]})",
+          jvp=lambda node, t: _op("ExtractT", t[0], params=node.params),
+          transpose=lambda node, ct, linear: (
+              _op("Extract", ct, params=(node.params[0], node.args[0].dim)),))
+_register("Concat", 46, 2, _concat_dim, _concat, jvp=_concat_jvp, transpose=_concat_transpose)
+# TensorDot covers MatVecMult, VecMatMult, TensorProd and Kron (see lazy_tensor.py).
+_register("TensorDot", 47, 2, _tensordot_dim, _tensordot,
+          lambda a, p: f"TensorDot({a[0]},{a[1]},{_unpack_tensordot(p)})",
+          jvp=_tensordot_jvp, transpose=_tensordot_transpose)
+
+
 def apply_op(name: str, args: tuple[Node, ...], params: tuple = ()) -> Op:
     """Build the node `name(args)`, checking arity and dimensions (errors name both dims)."""
     spec = OPS[name]

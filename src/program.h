@@ -246,6 +246,18 @@ inline bool decode_program(const char* data, size_t size, Program* prog, std::st
         if (!expect_dim(da > db ? da : db)) return false;
         break;
       }
+      case OpKind::kTernaryElementwise: {
+        if (!expect(3, 0, 0)) return false;
+        int32_t dmax = 1;
+        for (size_t a = 0; a < 3; ++a) dmax = arg_dim(a) > dmax ? arg_dim(a) : dmax;
+        for (size_t a = 0; a < 3; ++a)
+          if (arg_dim(a) != 1 && arg_dim(a) != dmax)
+            return fail(opat + ": argument dims " + std::to_string(arg_dim(0)) + ", " +
+                        std::to_string(arg_dim(1)) + " and " + std::to_string(arg_dim(2)) +
+                        " do not broadcast (same dim or 1)");
+        if (!expect_dim(dmax)) return false;
+        break;
+      }
       case OpKind::kSpecial:
         switch (static_cast<Op>(ins.opcode)) {
           case Op::Var: {
@@ -282,6 +294,55 @@ inline bool decode_program(const char* data, size_t size, Program* prog, std::st
                           std::to_string(arg_dim(1)) + " differ");
             if (!expect_dim(1)) return false;
             break;
+          case Op::Round:
+            if (!expect(1, 1, 0) || !expect_dim(arg_dim(0))) return false;
+            if (ins.int_params[0] < -300 || ins.int_params[0] > 300)
+              return fail(opat + ": decimals " + std::to_string(ins.int_params[0]) +
+                          " outside [-300, 300]");
+            break;
+          case Op::Min:
+          case Op::Max:
+          case Op::ArgMin:
+          case Op::ArgMax:
+            if (!expect(1, 0, 0) || !expect_dim(1)) return false;
+            break;
+          case Op::OneHot:
+            if (!expect(1, 1, 0)) return false;
+            if (arg_dim(0) != 1)
+              return fail(opat + ": argument dim " + std::to_string(arg_dim(0)) + ", expected 1");
+            if (!expect_dim(ins.int_params[0])) return false;
+            break;
+          case Op::Extract: {
+            if (!expect(1, 2, 0)) return false;
+            const int64_t i = ins.int_params[0], d = ins.int_params[1];
+            if (i < 0 || d < 1 || i + d > arg_dim(0))
+              return fail(opat + ": range [" + std::to_string(i) + ", " + std::to_string(i + d) +
+                          ") outside the argument's dim " + std::to_string(arg_dim(0)));
+            if (!expect_dim(d)) return false;
+            break;
+          }
+          case Op::ExtractT: {
+            if (!expect(1, 2, 0)) return false;
+            const int64_t i = ins.int_params[0], d = ins.int_params[1];
+            if (i < 0 || i + arg_dim(0) > d)
+              return fail(opat + ": argument of dim " + std::to_string(arg_dim(0)) +
+                          " placed at " + std::to_string(i) + " does not fit in dim " +
+                          std::to_string(d));
+            if (!expect_dim(d)) return false;
+            break;
+          }
+          case Op::Concat:
+            if (!expect(2, 0, 0) || !expect_dim(int64_t(arg_dim(0)) + arg_dim(1))) return false;
+            break;
+          case Op::TensorDot: {
+            if (!expect(2, ins.int_params.size(), 0)) return false;
+            TensorDotSpec spec;
+            std::string td_error;
+            if (!spec.parse(ins.int_params, arg_dim(0), arg_dim(1), &td_error))
+              return fail(opat + ": " + td_error);
+            if (!expect_dim(spec.out_dim)) return false;
+            break;
+          }
           default:
             return fail(opat + ": op has no validation rule (internal error)");
         }

@@ -64,3 +64,52 @@ def test_vi_needs_2d():
         Vi(np.ones(5))
     with pytest.raises(ValueError, match=r"Pm\(p\).*\(2, 2\)"):
         Pm(np.ones((2, 2)))
+
+
+def test_new_ops_dimension_mismatches_name_both_dims():
+    x = Vi(np.ones((5, 3)))
+    y = Vj(np.ones((6, 4)))
+    cases = [
+        (lambda: x.atan2(y), r"3 and 4"),
+        (lambda: x == y, r"3 and 4"),
+        (lambda: x < y, r"3 and 4"),
+        (lambda: x.clamp(y, 1.0), r"3, 4"),
+        (lambda: x.ifelse(1.0, y), r"3, 1 and 4|3, 1, 4"),
+        (lambda: x ** y, r"4.*3|3.*4"),
+        (lambda: x.matvecmult(y), r"3.*4"),
+        (lambda: y.vecmatmult(x), r"3.*4"),
+        (lambda: x.weightedsqnorm(y), r"4.*3"),
+        (lambda: x.keops_tensordot(y, (3,), (4,), (0,), (0,)), r"\[3\].*\[4\]"),
+        (lambda: x.keops_tensordot(y, (3,), (2, 3), (), ()), r"operand dimensions 3 and 4"),
+    ]
+    for build, pattern in cases:
+        with pytest.raises(ValueError, match=pattern):
+            build()
+
+
+def test_indexing_errors():
+    x = Vi(np.ones((5, 3)))
+    with pytest.raises(ValueError, match=r"index 3 is out of bounds \[0, 3\)"):
+        x.elem(3)
+    with pytest.raises(ValueError, match=r"\[2, 4\).*\[0, 3\)"):
+        x.extract(2, 2)
+    with pytest.raises(ValueError, match=r"step 2"):
+        x[0:3:2]
+    with pytest.raises(ValueError, match=r"last \(feature\) axis"):
+        x[0, 1]
+    with pytest.raises(ValueError, match=r"OneHot.*dimension is 3; expected 1"):
+        x.one_hot(4)
+    with pytest.raises(TypeError, match=r"round\(d\).*0.5"):
+        x.round(0.5)
+    with pytest.raises(ValueError, match=r"dim=0"):
+        x.norm(0)
+    with pytest.raises(ValueError, match=r"\[3\] and \[1, 3\]"):
+        x.keops_kron(x, (3,), (1, 3))
+    with pytest.raises(ValueError, match=r"perm=\[0, 0\]"):
+        x.keops_tensordot(x, (3,), (3,), (), (), (0, 0))
+
+
+def test_half_and_single_precision_mixed_rejected():
+    F = Vi(np.ones((5, 3), np.float16)) * Vj(np.ones((4, 3), np.float32))
+    with pytest.raises(TypeError, match=r"float16.*float32"):
+        F.sum(0)

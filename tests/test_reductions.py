@@ -397,8 +397,11 @@ def test_trace_time_errors():
         S.logsumexp(axis=1, weight=np.ones((8, 2), np.float32))
     with pytest.raises(TypeError, match=r"share a dtype"):
         S.sumsoftmaxweight(Vj(np.ones((8, 2), np.float64)), axis=1)
-    with pytest.raises(ValueError, match=r"min: axis=None; expected 0"):
-        S.min()
+    with pytest.raises(ValueError, match=r"min: axis=3; expected 0"):
+        S.min(3)
+    with pytest.raises(ValueError, match=r"Kmin: axis=None; expected 0"):
+        S.Kmin(2)
+    assert S.min().formula.dim == V.argmax(dim=-1).formula.dim == 1  # the feature axis
     with pytest.raises(ValueError, match=r"argmax: axis=0 and dim=1 disagree"):
         S.argmax(axis=0, dim=1)
 

@@ -14,6 +14,8 @@
 #include "cpu/executor.h"
 
 #include <algorithm>
+#include <array>
+#include <cmath>
 #include <cstdlib>
 #include <memory>
 #include <new>
@@ -48,8 +50,10 @@ struct Bound {
   int64_t out_ds = 0;
   int32_t out_dim = 0;
   int32_t arg_dim = 0;  // dim of the first argument (for reductions over dims)
-  ArgRef<T> a, b;
+  ArgRef<T> a, b, c;
   int32_t ipar = 0;
+  const int32_t* table = nullptr;  // TensorDot: (out, a, b) index triples
+  int64_t n_terms = 0;
 };
 
 // ---------------------------------------------------------------- kernels
@@ -73,6 +77,129 @@ void binary_kernel(const Bound<T>& k, int64_t row, int64_t L) {
     const T* JK_RESTRICT y = pb + d * k.b.dim_stride;
     T* JK_RESTRICT o = k.out + d * k.out_ds;
     for (int64_t l = 0; l < L; ++l) o[l] = F::apply(x[l * LA], y[l * LB]);
+  }
+}
+
+template <class T, class F, int LA, int LB, int LC>
+void ternary_kernel(const Bound<T>& k, int64_t row, int64_t L) {
+  const T* pa = k.a.base + row * k.a.row_step;
+  const T* pb = k.b.base + row * k.b.row_step;
+  const T* pc = k.c.base + row * k.c.row_step;
+  for (int32_t d = 0; d < k.out_dim; ++d) {
+    const T* JK_RESTRICT x = pa + d * k.a.dim_stride;
+    const T* JK_RESTRICT y = pb + d * k.b.dim_stride;
+    const T* JK_RESTRICT z = pc + d * k.c.dim_stride;
+    T* JK_RESTRICT o = k.out + d * k.out_ds;
+    for (int64_t l = 0; l < L; ++l) o[l] = F::apply(x[l * LA], y[l * LB], z[l * LC]);
+  }
+}
+
+// Round to ipar decimals (half away from zero).
+template <class T, int LA>
+void round_kernel(const Bound<T>& k, int64_t row, int64_t L) {
+  const T* pa = k.a.base + row * k.a.row_step;
+  const T scale = static_cast<T>(std::pow(10.0, k.ipar));
+  for (int32_t d = 0; d < k.out_dim; ++d) {
+    const T* JK_RESTRICT x = pa + d * k.a.dim_stride;
+    T* JK_RESTRICT o = k.out + d * k.out_ds;
+    if (k.ipar == 0) {
+      for (int64_t l = 0; l < L; ++l) o[l] = opfn::round_half_away(x[l * LA]);
+    } else {
+      for (int64_t l = 0; l < L; ++l) o[l] = opfn::round_half_away(x[l * LA] * scale) / scale;
+    }
+  }
+}
+
+// Min / Max / ArgMin / ArgMax over the argument's dims; the first extremal index wins ties.
+template <class T, bool kMax, bool kArg, int LA>
+void select_kernel_impl(const Bound<T>& k, int64_t row, int64_t L) {
+  const T* pa = k.a.base + row * k.a.row_step;
+  T* JK_RESTRICT o = k.out;
+  for (int64_t l = 0; l < L; ++l) {
+    T best = pa[l * LA];
+    T index = T(0);
+    for (int32_t d = 1; d < k.arg_dim; ++d) {
+      const T v = pa[d * k.a.dim_stride + l * LA];
+      const bool better = kMax ? v > best : v < best;
+      best = better ? v : best;
+      index = better ? T(d) : index;
+    }
+    o[l] = kArg ? index : best;
+  }
+}
+
+// OneHot: 1 at index (int)(x + 0.5) (KeOps' rounding), zeros when it is outside [0, D).
+template <class T, int LA>
+void one_hot_kernel(const Bound<T>& k, int64_t row, int64_t L) {
+  const T* JK_RESTRICT x = k.a.base + row * k.a.row_step;
+  for (int32_t d = 0; d < k.out_dim; ++d) {
+    T* JK_RESTRICT o = k.out + d * k.out_ds;
+    for (int64_t l = 0; l < L; ++l) o[l] = opfn::trunc_(x[l * LA] + T(0.5)) == T(d) ? T(1) : T(0);
+  }
+}
+
+// Extract: out[d] = a[ipar + d].
+template <class T, int LA>
+void extract_kernel(const Bound<T>& k, int64_t row, int64_t L) {
+  const T* pa = k.a.base + row * k.a.row_step;
+  for (int32_t d = 0; d < k.out_dim; ++d) {
+    const T* JK_RESTRICT x = pa + (k.ipar + d) * k.a.dim_stride;
+    T* JK_RESTRICT o = k.out + d * k.out_ds;
+    for (int64_t l = 0; l < L; ++l) o[l] = x[l * LA];
+  }
+}
+
+// ExtractT: out = zeros, out[ipar + d] = a[d].
+template <class T, int LA>
+void extract_t_kernel(const Bound<T>& k, int64_t row, int64_t L) {
+  const T* pa = k.a.base + row * k.a.row_step;
+  for (int32_t d = 0; d < k.out_dim; ++d) {
+    T* JK_RESTRICT o = k.out + d * k.out_ds;
+    const int32_t src = d - k.ipar;
+    if (src < 0 || src >= k.arg_dim) {
+      for (int64_t l = 0; l < L; ++l) o[l] = T(0);
+    } else {
+      const T* JK_RESTRICT x = pa + src * k.a.dim_stride;
+      for (int64_t l = 0; l < L; ++l) o[l] = x[l * LA];
+    }
+  }
+}
+
+// Concat: a's dims then b's.
+template <class T, int LA, int LB>
+void concat_kernel(const Bound<T>& k, int64_t row, int64_t L) {
+  const T* pa = k.a.base + row * k.a.row_step;
+  const T* pb = k.b.base + row * k.b.row_step;
+  for (int32_t d = 0; d < k.out_dim; ++d) {
+    T* JK_RESTRICT o = k.out + d * k.out_ds;
+    if (d < k.arg_dim) {
+      const T* JK_RESTRICT x = pa + d * k.a.dim_stride;
+      for (int64_t l = 0; l < L; ++l) o[l] = x[l * LA];
+    } else {
+      const T* JK_RESTRICT y = pb + (d - k.arg_dim) * k.b.dim_stride;
+      for (int64_t l = 0; l < L; ++l) o[l] = y[l * LB];
+    }
+  }
+}
+
+// TensorDot (and so MatVecMult, VecMatMult, TensorProd, Kron): a table of (out, a, b) index
+// triples built once per program; every term is a lane-vectorised multiply-add.
+template <class T, int LA, int LB>
+void tensordot_kernel(const Bound<T>& k, int64_t row, int64_t L) {
+  const T* pa = k.a.base + row * k.a.row_step;
+  const T* pb = k.b.base + row * k.b.row_step;
+  // The table is sorted by output index and covers every output: the first term of an output
+  // is assigned (so a single product keeps its sign of zero, as jnp), the others added.
+  for (int64_t t = 0; t < k.n_terms; ++t) {
+    const int32_t* term = k.table + 3 * t;
+    T* JK_RESTRICT o = k.out + term[0] * k.out_ds;
+    const T* JK_RESTRICT x = pa + term[1] * k.a.dim_stride;
+    const T* JK_RESTRICT y = pb + term[2] * k.b.dim_stride;
+    if (t == 0 || term[-3] != term[0]) {
+      for (int64_t l = 0; l < L; ++l) o[l] = x[l * LA] * y[l * LB];
+    } else {
+      for (int64_t l = 0; l < L; ++l) o[l] += x[l * LA] * y[l * LB];
+    }
   }
 }
 
@@ -162,10 +289,19 @@ void dimsum2_kernel(const Bound<T>& k, int64_t row, int64_t L) {
   (la ? (lb ? &KERNEL<T, F, 1, 1> : &KERNEL<T, F, 1, 0>)              \
       : (lb ? &KERNEL<T, F, 0, 1> : &KERNEL<T, F, 0, 0>))
 
+#define JK_PICK2T(KERNEL)                                      \
+  (la ? (lb ? &KERNEL<T, 1, 1> : &KERNEL<T, 1, 0>)             \
+      : (lb ? &KERNEL<T, 0, 1> : &KERNEL<T, 0, 0>))
+#define JK_PICK3(KERNEL, F)                                                    \
+  (lc ? (la ? (lb ? &KERNEL<T, F, 1, 1, 1> : &KERNEL<T, F, 1, 0, 1>)           \
+            : (lb ? &KERNEL<T, F, 0, 1, 1> : &KERNEL<T, F, 0, 0, 1>))          \
+      : (la ? (lb ? &KERNEL<T, F, 1, 1, 0> : &KERNEL<T, F, 1, 0, 0>)           \
+            : (lb ? &KERNEL<T, F, 0, 1, 0> : &KERNEL<T, F, 0, 0, 0>)))
+
 // The kernel of an instruction given its arguments' lane strides (nullptr for Var/Const, which
 // the phases handle themselves).
 template <class T>
-KernelFn<T> select_kernel(int32_t opcode, int la, int lb) {
+KernelFn<T> select_kernel(int32_t opcode, int la, int lb, int lc) {
   switch (static_cast<Op>(opcode)) {
 #define JK_CASE_UNARY(name, code, keops) \
   case Op::name:                         \
@@ -177,8 +313,33 @@ KernelFn<T> select_kernel(int32_t opcode, int la, int lb) {
     return JK_PICK2(binary_kernel, opfn::name);
     JAXKEOPS_BINARY_ELEMENTWISE_OPS(JK_CASE_BINARY)
 #undef JK_CASE_BINARY
+#define JK_CASE_TERNARY(name, code, keops) \
+  case Op::name:                           \
+    return JK_PICK3(ternary_kernel, opfn::name);
+    JAXKEOPS_TERNARY_ELEMENTWISE_OPS(JK_CASE_TERNARY)
+#undef JK_CASE_TERNARY
     case Op::Pow:
       return la ? pow_kernel<T, 1> : pow_kernel<T, 0>;
+    case Op::Round:
+      return la ? round_kernel<T, 1> : round_kernel<T, 0>;
+    case Op::Min:
+      return la ? select_kernel_impl<T, false, false, 1> : select_kernel_impl<T, false, false, 0>;
+    case Op::Max:
+      return la ? select_kernel_impl<T, true, false, 1> : select_kernel_impl<T, true, false, 0>;
+    case Op::ArgMin:
+      return la ? select_kernel_impl<T, false, true, 1> : select_kernel_impl<T, false, true, 0>;
+    case Op::ArgMax:
+      return la ? select_kernel_impl<T, true, true, 1> : select_kernel_impl<T, true, true, 0>;
+    case Op::OneHot:
+      return la ? one_hot_kernel<T, 1> : one_hot_kernel<T, 0>;
+    case Op::Extract:
+      return la ? extract_kernel<T, 1> : extract_kernel<T, 0>;
+    case Op::ExtractT:
+      return la ? extract_t_kernel<T, 1> : extract_t_kernel<T, 0>;
+    case Op::Concat:
+      return JK_PICK2T(concat_kernel);
+    case Op::TensorDot:
+      return JK_PICK2T(tensordot_kernel);
     case Op::Sum:
       return JK_PICK1(dimsum1_kernel, SumTerm);
     case Op::SqNorm2:
@@ -259,6 +420,26 @@ class Plan {
     param_ = alloc_aligned<T>(size[kParam]);
     for (size_t i = 0; i < prog.instructions.size(); ++i)
       by_role_[prog.registers[prog.instructions[i].out].role].push_back(int32_t(i));
+    // Index tables of the TensorDot instructions (validated by decode_program).
+    tables_.resize(prog.instructions.size());
+    for (size_t i = 0; i < prog.instructions.size(); ++i) {
+      const Instruction& ins = prog.instructions[i];
+      if (ins.opcode != static_cast<int32_t>(Op::TensorDot)) continue;
+      TensorDotSpec spec;
+      std::string unused;
+      spec.parse(ins.int_params, prog.registers[ins.args[0]].dim,
+                 prog.registers[ins.args[1]].dim, &unused);
+      std::vector<std::array<int32_t, 3>> terms;
+      terms.reserve(spec.n_terms);
+      spec.for_each_term([&](int64_t o, int64_t a, int64_t b) {
+        terms.push_back({int32_t(o), int32_t(a), int32_t(b)});
+      });
+      std::stable_sort(terms.begin(), terms.end(),
+                       [](const auto& x, const auto& y) { return x[0] < y[0]; });
+      std::vector<int32_t>& table = tables_[i];
+      table.reserve(3 * terms.size());
+      for (const auto& term : terms) table.insert(table.end(), term.begin(), term.end());
+    }
   }
 
   int64_t tile() const { return tl_; }
@@ -298,7 +479,7 @@ class Plan {
       if (s.is_var) {
         s.input = ins.int_params[0];
       } else if (ins.opcode != static_cast<int32_t>(Op::Const)) {
-        int la = 0, lb = 0;
+        int la = 0, lb = 0, lc = 0;
         Bound<T>& k = s.k;
         k.out = s.dst;
         k.out_ds = lanes_[phase];
@@ -306,8 +487,13 @@ class Plan {
         k.a = arg_ref(ins.args[0], phase, s.dim, ws, &la);
         k.arg_dim = prog_.registers[ins.args[0]].dim;
         if (ins.args.size() > 1) k.b = arg_ref(ins.args[1], phase, s.dim, ws, &lb);
+        if (ins.args.size() > 2) k.c = arg_ref(ins.args[2], phase, s.dim, ws, &lc);
         if (!ins.int_params.empty()) k.ipar = ins.int_params[0];
-        k.fn = select_kernel<T>(ins.opcode, la, lb);
+        if (!tables_[i].empty()) {
+          k.table = tables_[i].data();
+          k.n_terms = static_cast<int64_t>(tables_[i].size() / 3);
+        }
+        k.fn = select_kernel<T>(ins.opcode, la, lb, lc);
       }
       steps.push_back(s);
     }
@@ -350,6 +536,7 @@ class Plan {
   int64_t ws_size_ = 0;
   std::vector<int64_t> offset_;
   std::vector<int32_t> by_role_[4];
+  std::vector<std::vector<int32_t>> tables_;  // per instruction: TensorDot index triples
   std::unique_ptr<T[], FreeDeleter> param_;
 };
 
