@@ -8,6 +8,7 @@ versions are compared here, at import, and a mismatch is a clear ImportError.
 from __future__ import annotations
 
 import importlib
+import warnings
 
 import jax
 import jaxlib
@@ -57,7 +58,19 @@ _check_api(cpu, _running_api)
 for _name, _capsule in cpu.registrations().items():
     jax.ffi.register_ffi_target(_name, _capsule, platform="cpu")
 
-cuda = _load("_jaxkeops_cuda")
+# The CUDA module is optional: absent when no nvcc was found at build time. A module that exists
+# but fails to load is reported, not silently ignored.
+try:
+    cuda = importlib.import_module("jaxkeops._jaxkeops_cuda")
+    CUDA_STATUS = "built"
+except ModuleNotFoundError:
+    cuda = None
+    CUDA_STATUS = ("not built (no nvcc when jaxkeops was installed, or JAXKEOPS_CUDA=OFF); "
+                   "GPU reductions use the pure-JAX chunked fallback")
+except ImportError as _error:
+    cuda = None
+    CUDA_STATUS = f"built but failed to load ({_error}); GPU reductions use the pure-JAX fallback"
+    warnings.warn(f"jaxkeops: the CUDA executor {CUDA_STATUS}", RuntimeWarning, stacklevel=2)
 if cuda is not None:
     _check_api(cuda, _running_api)
     for _name, _capsule in cuda.registrations().items():
@@ -65,5 +78,18 @@ if cuda is not None:
 
 
 def has_cuda() -> bool:
-    """Whether the CUDA kernels were built (the machine may still have no GPU)."""
+    """Whether the CUDA kernels were built (the machine may still have no GPU); CUDA_STATUS
+    says why not."""
     return cuda is not None
+
+
+_warned_no_cuda = False
+
+
+def warn_no_cuda() -> None:
+    """Once per process: a reduction is lowered for a GPU without the CUDA executor."""
+    global _warned_no_cuda
+    if not _warned_no_cuda:
+        _warned_no_cuda = True
+        warnings.warn(f"jaxkeops: lowering for a CUDA GPU, but the CUDA executor is {CUDA_STATUS}",
+                      RuntimeWarning, stacklevel=2)

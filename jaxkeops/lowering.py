@@ -42,3 +42,9 @@ mlir.register_lowering(keops_reduce_p, _fallback_lowering)
 mlir.register_lowering(keops_reduce_p, _native_lowering, platform="cpu")
 if _native.has_cuda():
     mlir.register_lowering(keops_reduce_p, _native_lowering, platform="cuda")
+else:
+    def _cuda_fallback_lowering(ctx, *operands, **params):
+        _native.warn_no_cuda()  # say so, once: the fallback is much slower than the kernels
+        return _fallback_lowering(ctx, *operands, **params)
+
+    mlir.register_lowering(keops_reduce_p, _cuda_fallback_lowering, platform="cuda")
