@@ -21,7 +21,7 @@
 #include <utility>
 #include <vector>
 
-#include "batch.h"
+#include "call_layout.h"
 #include "cuda/device_program.h"
 #include "program.h"
 #include "xla/ffi/api/ffi.h"
@@ -239,28 +239,6 @@ DeviceProgramCache& program_cache() {
   return *cache;
 }
 
-std::string shape_str(ffi::AnyBuffer::Dimensions dims) {
-  std::string s = "(";
-  for (size_t k = 0; k < dims.size(); ++k) {
-    if (k) s += ", ";
-    s += std::to_string(dims[k]);
-  }
-  if (dims.size() == 1) s += ",";
-  return s + ")";
-}
-
-const char* dtype_str(ffi::DataType t) {
-  switch (t) {
-    case ffi::DataType::F32: return "float32";
-    case ffi::DataType::F64: return "float64";
-    case ffi::DataType::F16: return "float16";
-    case ffi::DataType::BF16: return "bfloat16";
-    case ffi::DataType::S32: return "int32";
-    case ffi::DataType::S64: return "int64";
-    default: return "an unsupported dtype";
-  }
-}
-
 ffi::Error invalid(std::string msg) {
   return ffi::Error::InvalidArgument("jaxkeops_reduce (CUDA): " + std::move(msg));
 }
@@ -275,110 +253,31 @@ ffi::Error reduce_impl(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::
       program_cache().get(program, device, stream, &dprog, &error);
   if (!hp) return invalid(error);
   const Program& prog = hp->prog;
-  if (n_inner < 0) return invalid("n_inner = " + std::to_string(n_inner) + " is negative");
-  if (args.size() != prog.inputs.size())
-    return invalid("the program has " + std::to_string(prog.inputs.size()) +
-                   " inputs but the call has " + std::to_string(args.size()) + " operands");
-  if (args.size() > size_t(kMaxInputs))
-    return invalid("the call has " + std::to_string(args.size()) +
+  if (prog.inputs.size() > size_t(kMaxInputs))
+    return invalid("the call has " + std::to_string(prog.inputs.size()) +
                    " operands, more than the CUDA executor's limit of " +
                    std::to_string(kMaxInputs));
   const std::vector<OutputInfo>& infos = hp->outputs;
-  if (rets.size() != infos.size())
-    return invalid("expected " + std::to_string(infos.size()) + " output buffer(s), got " +
-                   std::to_string(rets.size()));
-
-  // The compute dtype: the operands' (all alike), else the first value output's. Half precision
-  // never reaches the handler: jaxkeops casts float16/bfloat16 operands to float32 beforehand.
-  ffi::DataType dtype = ffi::DataType::F32;
-  bool dtype_known = false;
-  if (args.size() > 0) {
-    auto buf_or = args.get<ffi::AnyBuffer>(0);
-    if (!buf_or) return invalid("cannot decode operand 0");
-    dtype = buf_or->element_type();
-    dtype_known = true;
-  }
-
+  // Half precision never reaches the handler: jaxkeops casts float16/bfloat16 operands to
+  // float32 beforehand.
+  CallLayout layout;
+  error = check_call(prog, infos, args, rets, n_inner, &layout);
+  if (!error.empty()) return invalid(error);
+  const ffi::DataType dtype = layout.dtype;
+  const int64_t n_outer = layout.n_outer;
+  const std::vector<int64_t>& batch_dims = layout.batch_dims;
+  const BatchLayout& batch = layout.batch;
+  const std::vector<const char*>& data = layout.inputs;
   DevCall call{};
-  std::vector<int64_t> batch_dims;
-  int64_t n_outer = 0;
   std::vector<int64_t> out_elem(infos.size());
   for (size_t k = 0; k < infos.size(); ++k) {
-    auto out_or = rets.get<ffi::AnyBuffer>(k);
-    if (!out_or) return invalid("cannot decode output buffer " + std::to_string(k));
-    ffi::Result<ffi::AnyBuffer> out = *out_or;
-    const std::string name = "output " + std::to_string(k);
-    const ffi::DataType t = out->element_type();
-    if (infos[k].is_index) {
-      if (t != ffi::DataType::S32 && t != ffi::DataType::S64)
-        return invalid(name + " (indices) has dtype " + dtype_str(t) +
-                       ", expected int32 or int64");
-      call.outs[k].type = int32_t(t == ffi::DataType::S32 ? OutType::kS32 : OutType::kS64);
-    } else {
-      if (!dtype_known) {
-        dtype = t;
-        dtype_known = true;
-      }
-      if (t != dtype || (t != ffi::DataType::F32 && t != ffi::DataType::F64))
-        return invalid(name + " has dtype " + dtype_str(t) + ", expected the operands' dtype " +
-                       dtype_str(dtype) + " (float32 or float64)");
-      call.outs[k].type = int32_t(OutType::kValue);
-    }
-    const auto odims = out->dimensions();
-    const std::vector<int64_t>& row = infos[k].dims;
-    std::string row_str;
-    for (int64_t d : row) row_str += ", " + std::to_string(d);
-    if (k == 0) {
-      if (odims.size() < 1 + row.size())
-        return invalid(name + " has shape " + shape_str(odims) + ", expected (*batch, n_outer" +
-                       row_str + ")");
-      const size_t batch_rank = odims.size() - 1 - row.size();
-      batch_dims.assign(odims.begin(), odims.begin() + batch_rank);
-      n_outer = odims[batch_rank];
-    }
-    std::vector<int64_t> expected(batch_dims);
-    expected.push_back(n_outer);
-    expected.insert(expected.end(), row.begin(), row.end());
-    if (!std::equal(odims.begin(), odims.end(), expected.begin(), expected.end()))
-      return invalid(name + " has shape " + shape_str(odims) + ", expected (*batch, " +
-                     std::to_string(n_outer) + row_str + ") with the batch dims of output 0");
-    call.outs[k].data = out->untyped_data();
+    const ffi::DataType t = layout.out_types[k];
+    call.outs[k].type = int32_t(infos[k].is_index
+                                    ? (t == ffi::DataType::S32 ? OutType::kS32 : OutType::kS64)
+                                    : OutType::kValue);
+    call.outs[k].data = layout.outputs[k];
     call.outs[k].width = infos[k].width();
-    out_elem[k] = (t == ffi::DataType::F32 || t == ffi::DataType::S32) ? 4 : 8;
-  }
-  if (dtype != ffi::DataType::F32 && dtype != ffi::DataType::F64)
-    return invalid(std::string("operand dtype is ") + dtype_str(dtype) +
-                   ", expected float32 or float64");
-  BatchLayout batch(batch_dims);
-
-  std::vector<const char*> data(args.size());
-  for (size_t k = 0; k < args.size(); ++k) {
-    auto buf_or = args.get<ffi::AnyBuffer>(k);
-    if (!buf_or) return invalid("cannot decode operand " + std::to_string(k));
-    ffi::AnyBuffer buf = *buf_or;
-    const InputSpec& spec = prog.inputs[k];
-    const std::string name = "operand " + std::to_string(k) + " (" + role_name(spec.role) + ")";
-    if (buf.element_type() != dtype)
-      return invalid(name + " has dtype " + dtype_str(buf.element_type()) + ", expected " +
-                     dtype_str(dtype) + " (all operands share one dtype)");
-    const auto dims = buf.dimensions();
-    const size_t base_rank = spec.role == kParam ? 1 : 2;
-    std::string batch_error;
-    if (!batch.add_operand(dims.begin(), dims.size(), base_rank, &batch_error))
-      return invalid(name + " of shape " + shape_str(dims) + " " + batch_error);
-    const int64_t* base = dims.begin() + batch.rank();
-    if (spec.role == kParam) {
-      if (base[0] != spec.dim)
-        return invalid(name + " has shape " + shape_str(dims) + ", expected (*batch, " +
-                       std::to_string(spec.dim) + ")");
-    } else {
-      const int64_t n = spec.role == kOuter ? n_outer : n_inner;
-      if (base[0] != n || base[1] != spec.dim)
-        return invalid(name + " has shape " + shape_str(dims) + ", expected (*batch, " +
-                       std::to_string(n) + ", " + std::to_string(spec.dim) + ")" +
-                       (spec.role == kOuter ? " (n_outer from the output)" : " (n_inner)"));
-    }
-    data[k] = static_cast<const char*>(buf.untyped_data());
+    out_elem[k] = layout.out_elem_bytes[k];
   }
   if (n_outer == 0 || batch.count() == 0) return ffi::Error::Success();
 
