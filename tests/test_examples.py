@@ -78,3 +78,21 @@ def test_kernel_attention_flax_trains(rng):
     # Gradients reach every projection, the query and key ones through the softmax.
     for name, norm in out["first_gradient_norms"].items():
         assert np.isfinite(norm) and norm > 0, (name, out)
+
+
+def test_api_reference_lists_every_public_name():
+    """docs/api.md has a row for every name of `jaxkeops.__all__` and every public attribute
+    and operator of LazyTensor (a new public name without a line there fails here)."""
+    import jaxkeops
+    from jaxkeops import LazyTensor
+
+    text = (EXAMPLES.parent / "api.md").read_text()
+    boilerplate = {"__init__", "__dict__", "__doc__", "__module__", "__weakref__",
+                   "__array_priority__"}
+    names = set(jaxkeops.__all__) | {"__version__"} | {
+        name for name in vars(LazyTensor)
+        if (not name.startswith("_") or (name.startswith("__") and name.endswith("__")))
+        and name not in boilerplate
+    }
+    missing = sorted(n for n in names if f"| `{n}` |" not in text and f"`{n}`" not in text)
+    assert not missing, f"docs/api.md does not list {missing}"
