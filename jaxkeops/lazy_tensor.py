@@ -715,7 +715,8 @@ class LazyTensor:
 
     def __matmul__(self, v):
         """`K @ v` for a scalar K (M, N) and v shaped (N,) or (N, E): the Sum reduction over j of
-        K_ij v_j, shaped (M,) or (M, E)."""
+        K_ij v_j, shaped (M,) or (M, E). With batch dims B (K shaped (*B, M, N)), v is shaped
+        (*B, N) or (*B, N, E), each batch dim equal to K's or 1, and so is the result."""
         if self.formula.dim != 1:
             raise ValueError(
                 f"K @ v: K has shape {self.shape}; the product needs a scalar LazyTensor (M, N) "
@@ -727,19 +728,28 @@ class LazyTensor:
                 "or (N, E)"
             )
         v = jnp.asarray(v)
-        n = self.nj
-        expected = "(N,) or (N, E)" if n is None else f"({n},) or ({n}, E)"
-        if v.ndim not in (1, 2) or (n is not None and v.shape[0] != n) or v.size == 0:
+        batch, n = self.batch_shape, self.nj
+        k = len(batch)
+        b = "".join(f"{d}, " for d in batch)
+        N = "N" if n is None else str(n)
+        expected = f"({b}{N},) or ({b}{N}, E)"
+        vector = v.ndim == k + 1
+        if (
+            v.ndim not in (k + 1, k + 2)
+            or (n is not None and v.shape[k] != n)
+            or any(d not in (1, full) for d, full in zip(v.shape[:k], batch))
+            or v.size == 0
+        ):
             raise ValueError(
                 f"K @ v: v has shape {tuple(v.shape)}; expected {expected} for K of shape "
-                f"{self.shape} (batch dimensions are not supported yet)"
+                f"{self.shape} (batch dims equal to K's or 1)"
             )
         _check_float_dtype(v, f"K @ v: v of shape {tuple(v.shape)}")
         if self._dtype() is not None and np.dtype(v.dtype) != self._dtype():
             raise TypeError(f"K @ v: v has dtype {v.dtype}; expected {self._dtype()} like K")
-        columns = v.reshape(v.shape[0], -1)
-        out = (self * Vj(columns)).sum(axis=1)
-        return out.reshape(-1) if v.ndim == 1 else out
+        columns = v[..., None] if vector else v  # (*B, N, E)
+        out = (self * LazyTensor(columns[..., None, :, :])).sum(axis=k + 1)
+        return out[..., 0] if vector else out
 
     def t(self) -> "LazyTensor":
         """The transposed symbolic matrix: i variables become j variables and vice versa."""

@@ -25,12 +25,14 @@ import numpy as np
 from jax._src import dispatch  # apply_primitive: run one primitive eagerly via jit
 from jax.extend.core import Primitive
 from jax.core import ShapedArray
+import jax
 from jax import lax
 from jax import numpy as jnp
 from jax.interpreters import ad, batching
 
-from jaxkeops.autodiff import jvp_formula, transpose_formula
+from jaxkeops.autodiff import transpose_formula
 from jaxkeops.formula import CAT_I, CAT_J, CAT_NAMES, CAT_P, Var, substitute, walk
+from jaxkeops.reduction_derivatives import JVP_RULES
 from jaxkeops.reductions import REDUCTIONS, check_reduction
 
 keops_reduce_p = Primitive("keops_reduce")
@@ -134,28 +136,20 @@ def _compact(formulas, operands, var_cats):
     return formulas, [operands[k] for k in used], [var_cats[k] for k in used]
 
 
-def _reduce_compact(formulas, operands, var_cats, **params):
+def keops_reduce_compact(formulas, operands, var_cats, **params):
+    """Bind the primitive on the operands the formulas use (the others are dropped)."""
     formulas, operands, var_cats = _compact(formulas, operands, var_cats)
     return keops_reduce(operands, formulas=formulas, var_cats=var_cats, **params)
 
 
 def _jvp(primals, tangents, *, formulas, var_cats, **params):
-    primal_out = keops_reduce_p.bind(*primals, formulas=formulas, var_cats=var_cats, **params)
-    if params["reduction"] != "Sum":
-        raise NotImplementedError(f"differentiation of the {params['reduction']} reduction")
-    # One new variable per non-zero tangent, of the same category and dimension as its primal.
-    tangent_vars, operands, cats = {}, list(primals), list(var_cats)
-    for k, t in enumerate(tangents):
-        if type(t) is not ad.Zero:
-            tangent_vars[k] = Var(len(operands), primals[k].shape[-1], var_cats[k])
-            operands.append(t)
-            cats.append(var_cats[k])
-    (formula,) = formulas
-    d_formula = jvp_formula(formula, tangent_vars) if tangent_vars else None
-    if d_formula is None:
-        return primal_out, [ad.Zero.from_primal_value(o) for o in primal_out]
-    tangent_out = _reduce_compact((d_formula,), operands, cats, **params)
-    return primal_out, list(tangent_out)
+    rule = JVP_RULES[params["reduction"]]
+    tangents = [None if type(t) is ad.Zero else t for t in tangents]
+    outs, tangent_outs = rule(primals, tangents, formulas, var_cats, params)
+    return outs, [
+        ad.Zero(jax.typeof(o).to_tangent_aval()) if t is None else t
+        for o, t in zip(outs, tangent_outs)
+    ]
 
 
 def _unbroadcast_batch(x, batch):
@@ -192,7 +186,7 @@ def _transpose(cts, *operands, formulas, var_cats, reduction, reduction_params, 
         # The cotangent of an i variable is indexed by i: a reduction over j (axis 1), and so on;
         # a parameter's is summed over the whole grid.
         red_axis = {CAT_I: 1, CAT_J: 0, CAT_P: axis}[cat]
-        (out,) = _reduce_compact((g,), values, cats, reduction="Sum", reduction_params=(),
+        (out,) = keops_reduce_compact((g,), values, cats, reduction="Sum", reduction_params=(),
                                  axis=red_axis, batch_shape=batch_shape, **params)
         if cat == CAT_P:
             out = out.sum(axis=-2)

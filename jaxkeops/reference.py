@@ -119,3 +119,37 @@ def chunked_reduce(formulas, var_cats, operands, *, reduction, reduction_params,
         outs = jax.tree.map(lambda o: jnp.broadcast_to(o[None], (n_blocks,) + o.shape), one_block(()))
     return tuple(o.reshape((padded,) + o.shape[2:])[:n_outer] for o in outs)
 
+
+
+@_over_batch
+def _pick_one(formulas, var_cats, operands, *, axis, ni, nj, **_):
+    """F at the selected pairs; the last operand holds the selected inner indices, shaped
+    (n_outer, *S) with S = (D,), (K, D) or (K,) (the last axis of S, if any, is F's component)."""
+    (formula,) = formulas
+    *operands, indices = operands
+    n_outer, n_inner = _sizes(ni, nj, axis)
+    flat = indices.reshape(n_outer, -1)  # (n_outer, P)
+    if n_inner == 0 or flat.shape[1] == 0:  # nothing selected: constant outputs
+        return (jnp.zeros(indices.shape, jnp.result_type(*operands)),)
+    flat = jnp.clip(flat, 0, n_inner - 1)
+    leaves = {}
+    for index, (cat, x) in enumerate(zip(var_cats, operands)):
+        role = category_role(cat, axis)
+        if role == ROLE_OUTER:
+            leaves[index] = x[:, None, :]
+        elif role == ROLE_INNER:
+            leaves[index] = x[flat]  # (n_outer, P, dim)
+        else:
+            leaves[index] = x[None, None, :]
+    (values,) = evaluate_formulas((formula,), leaves, jnp.result_type(*operands))
+    values = jnp.broadcast_to(values, (n_outer, flat.shape[1], formula.dim))
+    component = jnp.arange(flat.shape[1]) % formula.dim
+    picked = jnp.take_along_axis(values, component[None, :, None], axis=2)[..., 0]
+    return (picked.reshape(indices.shape),)
+
+
+def pick_values(formula, var_cats, operands, indices, **params):
+    """The values of `formula` at the pairs (outer row, indices[row, ...]) chosen by a selection
+    reduction (min, K-min, ...): O(outputs) dense work, differentiable by JAX to any order."""
+    params = {k: v for k, v in params.items() if k not in ("reduction", "reduction_params")}
+    return _pick_one((formula,), var_cats, list(operands) + [indices], **params)[0]

@@ -113,3 +113,16 @@ def test_vmap_lowers_to_one_custom_call(rng):
     hlo = jax.jit(jax.vmap(f_keops)).lower(x, y, s).as_text()
     assert hlo.count('custom_call_target = "jaxkeops_reduce"') + hlo.count(
         "@jaxkeops_reduce") == 1, hlo
+
+
+def test_matmul_with_batch_dims(rng):
+    x = rng.normal(size=(3, 5, 1, 2))
+    y = rng.normal(size=(1, 1, 7, 2))
+    K = (-((LazyTensor(x) - LazyTensor(y)) ** 2).sum(-1)).exp()
+    Kd = np.exp(-((x - y) ** 2).sum(-1))  # (3, 5, 7)
+    v = rng.normal(size=(3, 7, 4))
+    np.testing.assert_allclose(K @ v, Kd @ v, rtol=1e-12)
+    v1 = rng.normal(size=(1, 7))  # broadcast along the batch, one column
+    np.testing.assert_allclose(K @ v1, np.einsum("bmn,n->bm", Kd, v1[0]), rtol=1e-12)
+    with pytest.raises(ValueError, match=r"\(3, 7,\) or \(3, 7, E\)"):
+        K @ rng.normal(size=(2, 7))
