@@ -109,8 +109,8 @@ def main(size: int = 500, steps: int = 100, seed: int = 0, probes: int = 16,
     opt_state = optimizer.init(eqx.filter(model, eqx.is_array))
 
     @eqx.filter_jit
-    def train_step(model, opt_state, key):
-        z = jax.random.rademacher(key, (size, probes), dtype=jnp.float64)
+    def train_step(model, opt_state, x, y, key):
+        z = jax.random.rademacher(key, (y.shape[0], probes), dtype=jnp.float64)
         loss, grads = eqx.filter_value_and_grad(RBFGaussianProcess.surrogate_loss)(model, x, y, z)
         updates, opt_state = optimizer.update(grads, opt_state, model)
         return eqx.apply_updates(model, updates), opt_state, loss
@@ -119,7 +119,7 @@ def main(size: int = 500, steps: int = 100, seed: int = 0, probes: int = 16,
     key = jax.random.key(seed)
     for step in range(steps):
         key, step_key = jax.random.split(key)
-        model, opt_state, _ = train_step(model, opt_state, step_key)
+        model, opt_state, _ = train_step(model, opt_state, x, y, step_key)
         if verbose and (step % 25 == 0 or step == steps - 1):
             print(f"step {step:4d}  lengthscale {float(model.lengthscale):.4f}  "
                   f"noise {float(jnp.sqrt(model.noise_variance)):.4f}")
