@@ -95,39 +95,46 @@ def logsumexp_jvp(primals, tangents, formulas, var_cats, params):
     return out, [_sum_of(_op("Mult", _op("Exp", _op("Subtract", S, L_var)), dS), t, params)]
 
 
-def logsumexp_weight_jvp(primals, tangents, formulas, var_cats, params):
-    (out,) = outs = _bind(primals, formulas, var_cats, **params)
+def _plus(a, b):
+    """a + b for formulas, None standing for zero."""
+    if a is None or b is None:
+        return b if a is None else a
+    return _op("Add", a, b)
+
+
+def _weighted_start(primals, tangents, formulas, var_cats, params):
+    """What the weighted rules share: the primal output, the tangent builder, the scores S and
+    weights w with their tangents, and L = LSE(S) as a variable (exp(S - L) ≤ 1: stable)."""
+    (out,) = _bind(primals, formulas, var_cats, **params)
     t = _Tangent(primals, tangents, var_cats, params["axis"])
     S, w = formulas
     dS, dw = t.of(S), t.of(w)
     if dS is None and dw is None:
-        return outs, [None]
-    # out = log Σ e^S w  ⇒  d out = Σ e^{S-L} (w dS + dw) · e^{L - out}, with L = LSE(S).
+        return out, None, None, None, None
     L = _logsumexp_of(S, primals, var_cats, params)
-    L_var = t.add_outer(L)
-    inner = dw if dS is None else _op("Mult", w, dS)
-    if dS is not None and dw is not None:
-        inner = _op("Add", inner, dw)
-    num = _sum_of(_op("Mult", _op("Exp", _op("Subtract", S, L_var)), inner), t, params)
-    return outs, [num * _finite_or_zero(jnp.exp(L - out))]
+    softmax = _op("Exp", _op("Subtract", S, t.add_outer(L)))  # exp(S - L)
+    return out, t, L, softmax, (w, dS, dw)
+
+
+def logsumexp_weight_jvp(primals, tangents, formulas, var_cats, params):
+    out, t, L, softmax, terms = _weighted_start(primals, tangents, formulas, var_cats, params)
+    if t is None:
+        return [out], [None]
+    w, dS, dw = terms
+    # out = log Σ e^S w  ⇒  d out = Σ e^{S-L} (w dS + dw) · e^{L - out}
+    inner = _plus(None if dS is None else _op("Mult", w, dS), dw)
+    num = _sum_of(_op("Mult", softmax, inner), t, params)
+    return [out], [num * _finite_or_zero(jnp.exp(L - out))]
 
 
 def sumsoftmaxweight_jvp(primals, tangents, formulas, var_cats, params):
-    (out,) = outs = _bind(primals, formulas, var_cats, **params)
-    t = _Tangent(primals, tangents, var_cats, params["axis"])
-    S, w = formulas
-    dS, dw = t.of(S), t.of(w)
-    if dS is None and dw is None:
-        return outs, [None]
+    out, t, _, softmax, terms = _weighted_start(primals, tangents, formulas, var_cats, params)
+    if t is None:
+        return [out], [None]
+    w, dS, dw = terms
     # out = Σ p w with p = softmax(S)  ⇒  d out = Σ p (dw + (w - out) dS).
-    L_var = t.add_outer(_logsumexp_of(S, primals, var_cats, params))
-    inner = dw
-    if dS is not None:
-        out_var = t.add_outer(out)
-        centred = _op("Mult", _op("Subtract", w, out_var), dS)
-        inner = centred if dw is None else _op("Add", dw, centred)
-    p = _op("Exp", _op("Subtract", S, L_var))
-    return outs, [_sum_of(_op("Mult", p, inner), t, params)]
+    centred = None if dS is None else _op("Mult", _op("Subtract", w, t.add_outer(out)), dS)
+    return [out], [_sum_of(_op("Mult", softmax, _plus(dw, centred)), t, params)]
 
 
 def _selection_jvp(with_indices: str, value_position):

@@ -35,19 +35,26 @@ def evaluate_formulas(formulas: tuple[Node, ...], leaves: dict[int, jax.Array], 
     return tuple(values[f] for f in formulas)
 
 
-def grid_values(formulas, var_cats, operands, axis, n_outer, n_inner):
-    """Formula values shaped (n_outer, n_inner, dim), variables given outer-first."""
-    dtype = jnp.result_type(*operands) if operands else jnp.float32
+def _grid_leaves(var_cats, operands, axis, inner_rows=None):
+    """Variables shaped to broadcast over (outer, inner, dim): outer ones (n_outer, 1, dim),
+    inner ones (1, n_inner, dim) — or, given `inner_rows` (n_outer, P), the rows they pick
+    (n_outer, P, dim) — and parameters (1, 1, dim)."""
     leaves = {}
     for index, (cat, x) in enumerate(zip(var_cats, operands)):
         role = category_role(cat, axis)
         if role == ROLE_OUTER:
             leaves[index] = x[:, None, :]
         elif role == ROLE_INNER:
-            leaves[index] = x[None, :, :]
+            leaves[index] = x[None, :, :] if inner_rows is None else x[inner_rows]
         else:
             leaves[index] = x[None, None, :]
-    values = evaluate_formulas(formulas, leaves, dtype)
+    return leaves
+
+
+def grid_values(formulas, var_cats, operands, axis, n_outer, n_inner):
+    """Formula values shaped (n_outer, n_inner, dim), variables given outer-first."""
+    dtype = jnp.result_type(*operands) if operands else jnp.float32
+    values = evaluate_formulas(formulas, _grid_leaves(var_cats, operands, axis), dtype)
     return tuple(jnp.broadcast_to(v, (n_outer, n_inner, v.shape[-1])) for v in values)
 
 
@@ -131,16 +138,7 @@ def _pick_one(formulas, var_cats, operands, *, axis, ni, nj, **_):
     flat = indices.reshape(n_outer, -1)  # (n_outer, P)
     if n_inner == 0 or flat.shape[1] == 0:  # nothing selected: constant outputs
         return (jnp.zeros(indices.shape, jnp.result_type(*operands)),)
-    flat = jnp.clip(flat, 0, n_inner - 1)
-    leaves = {}
-    for index, (cat, x) in enumerate(zip(var_cats, operands)):
-        role = category_role(cat, axis)
-        if role == ROLE_OUTER:
-            leaves[index] = x[:, None, :]
-        elif role == ROLE_INNER:
-            leaves[index] = x[flat]  # (n_outer, P, dim)
-        else:
-            leaves[index] = x[None, None, :]
+    leaves = _grid_leaves(var_cats, operands, axis, inner_rows=jnp.clip(flat, 0, n_inner - 1))
     (values,) = evaluate_formulas((formula,), leaves, jnp.result_type(*operands))
     values = jnp.broadcast_to(values, (n_outer, flat.shape[1], formula.dim))
     component = jnp.arange(flat.shape[1]) % formula.dim
