@@ -43,7 +43,8 @@ def assert_close(out, ref, dtype, rtol32=1e-4, rtol64=1e-10, scale=None):
         scale = np.abs(ref) + (np.abs(ref).mean() if ref.size else 0.0)
     # Floor: a term that cancels to ~0 still carries rounding of its O(1) intermediates.
     scale = np.asarray(scale)
-    scale = scale + 1e-6 * (np.abs(scale).mean() if scale.size else 0.0) + 1e-30
+    finite_scale = np.abs(scale[np.isfinite(scale)])
+    scale = scale + 1e-6 * (finite_scale.mean() if finite_scale.size else 0.0) + 1e-30
     err = np.abs(out - ref) / scale
     assert np.all(np.isfinite(out) == np.isfinite(ref)), "finiteness differs"
     finite = np.isfinite(ref)
