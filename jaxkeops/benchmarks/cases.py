@@ -218,6 +218,118 @@ def attention(M, N, budget, D=64):
                      keops, dense, 4 * M * N * 3, budget, (q, k, v), pykeops_fn)
 
 
+# ---------------------------------------------------------------- latency
+
+# Run in a fresh interpreter: the time from a formula never seen before to its first result
+# (tracing, program compilation, XLA compilation, run), imports excluded.
+_FIRST_RESULT_SCRIPT = """
+import sys, time
+import numpy as np
+which, M, c = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+rng = np.random.default_rng(0)
+x, y, b = (rng.normal(size=(M, 3)).astype(np.float32) for _ in range(3))
+if which == "jaxkeops":
+    import jax
+    from jaxkeops import Vi, Vj
+    start = time.perf_counter()
+    f = ((-Vi(x).sqdist(Vj(y)) * c).exp() * Vj(b)).sum(1)
+    jax.block_until_ready(f)
+else:
+    import pykeops
+    from pykeops.numpy import LazyTensor
+    pykeops.set_verbose(False)
+    start = time.perf_counter()
+    X, Y, B = LazyTensor(x[:, None, :]), LazyTensor(y[None, :, :]), LazyTensor(b[None, :, :])
+    f = ((-((X - Y) ** 2).sum(-1) * c).exp() * B).sum(1)
+print(time.perf_counter() - start)
+"""
+
+
+def first_result_seconds(which: str, M: int = 500) -> float:
+    """Fresh-process time to the first result of a Gaussian sum whose constant was never used
+    before (so no cache, jaxkeops' or pykeops', can hold its compiled form)."""
+    import subprocess
+    import sys
+    c = 1.0 + np.random.default_rng().random()
+    out = subprocess.run([sys.executable, "-c", _FIRST_RESULT_SCRIPT, which, str(M), repr(c)],
+                         capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def latency(M, N, budget):
+    """Small problems: eager (un-jitted) calls, whose cost is dispatch rather than arithmetic,
+    and the first result of a new formula in a fresh process."""
+    arrays = _data(M, N, 3)
+    x, y, b = (np.asarray(a) for a in arrays)
+    candidates = [Candidate("jaxkeops eager", lambda: _gaussian_keops(*arrays))]
+    notes = [f"first result of a new formula in a fresh process, M=N=500: jaxkeops "
+             f"{first_result_seconds('jaxkeops') * 1e3:.0f} ms"]
+    if _pykeops() is not None:
+        LazyTensor = _pykeops()
+        candidates.append(Candidate("pykeops (numpy)",
+                                    lambda: _gaussian_pykeops(LazyTensor, x, y, b)))
+        notes[0] += f", pykeops {first_result_seconds('pykeops'):.1f} s (its C++ compilation)"
+    chunked = jax.jit(lambda x, y, b: row_chunked(_gaussian_dense, x, y, b))
+    dense = jax.jit(_gaussian_dense)
+    candidates += [Candidate("dense jnp (jit)", lambda: dense(*arrays)),
+                   Candidate("row-chunked jnp (jit)", lambda: chunked(*arrays))]
+    return Case(f"Latency: Gaussian sum, M={M}, N={N}, D=3, float32", M * N,
+                candidates, notes)
+
+
+# ---------------------------------------------------------------- interpreter vs hand-written
+
+def _cpu_seconds(run, repeats=5) -> float:
+    """Median process CPU time of a warm call (all threads): robust to a loaded machine."""
+    import time
+    jax.block_until_ready(run())
+    times = []
+    for _ in range(repeats):
+        start = time.process_time()
+        jax.block_until_ready(run())
+        times.append(time.process_time() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def interpreter(M, N, budget):
+    """The generic program interpreter against a hand-written fused loop of the Gaussian sum
+    (jaxkeops/benchmarks/handwritten_gaussian.cc, compiled here with g++), and on formulas of
+    other families of the same size. Compared in CPU time per pair (G pairs per CPU-second)."""
+    import pathlib
+    import shutil
+    import subprocess
+    import tempfile
+    notes = []
+    x, y, b = _data(M, N, 3)
+    formulas = {
+        "Gaussian exp(-|x-y|²) b": _gaussian_keops,
+        "Cauchy b / (1 + |x-y|²)": lambda x, y, b: (Vj(b) / (1 + Vi(x).sqdist(Vj(y)))).sum(1),
+        "Laplace exp(-|x-y|) b": lambda x, y, b: ((-(Vi(x) - Vj(y)).norm2()).exp() * Vj(b)).sum(1),
+        "exp(x·y) b (a dot product)": lambda x, y, b: ((Vi(x) | Vj(y)).exp() * Vj(b)).sum(1),
+    }
+    rows = ["| formula | implementation | G pairs per CPU-second |", "|---|---|---|"]
+    for name, f in formulas.items():
+        fj = jax.jit(f)
+        t = _cpu_seconds(lambda: fj(x, y, b))
+        rows.append(f"| {name} | jaxkeops interpreter | {M * N / t / 1e9:.3f} |")
+    source = pathlib.Path(__file__).with_name("handwritten_gaussian.cc")
+    include = pathlib.Path(__file__).resolve().parents[2] / "src"
+    compiler = shutil.which("g++")
+    if compiler and (include / "fast_math.h").exists():
+        with tempfile.TemporaryDirectory() as tmp:
+            exe = str(pathlib.Path(tmp) / "handwritten_gaussian")
+            subprocess.run([compiler, "-O3", "-march=native", "-fno-math-errno", "-fopenmp-simd",
+                            "-std=c++17", f"-I{include}", str(source), "-o", exe], check=True)
+            out = subprocess.run([exe, str(M), str(N), "5"], capture_output=True, text=True,
+                                 check=True).stdout.split()
+        rows.append(f"| Gaussian exp(-|x-y|²) b | hand-written fused loop, 1 thread | "
+                    f"{M * N / float(out[0]) / 1e9:.3f} |")
+    else:
+        notes.append("hand-written loop skipped: needs g++ and the source tree's src/fast_math.h")
+    return Case(f"Generic interpreter vs a hand-written loop, M={M}, N={N}, D=3, float32",
+                M * N, [], ["\n".join(rows)] + notes)
+
+
 BENCHMARKS = {
     "gaussian": Benchmark((20000, 20000), gaussian),
     "argkmin": Benchmark((20000, 20000), argkmin),
@@ -226,4 +338,6 @@ BENCHMARKS = {
     "gaussian_d100": Benchmark((10000, 10000), gaussian_d100),
     "gaussian_grad": Benchmark((20000, 20000), gaussian_grad),
     "vmap": Benchmark((2000, 2000), vmap_gaussian),
+    "latency": Benchmark((100, 100), latency),
+    "interpreter": Benchmark((10000, 10000), interpreter),
 }

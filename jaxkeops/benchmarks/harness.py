@@ -56,4 +56,6 @@ def report(title: str, timings: dict[str, Timing], pairs: int, notes: list[str] 
 
 
 def _seconds(t: float) -> str:
+    if t < 1e-2:
+        return f"{t * 1e6:.0f} µs"
     return f"{t * 1e3:.1f} ms" if t < 10 else f"{t:.1f} s"

@@ -265,7 +265,7 @@ constexpr int64_t kVectorBytes = 32;
 constexpr int64_t kVectorBytes = 16;
 #endif
 template <class T>
-constexpr int64_t kDimBlockLanes = 8 * kVectorBytes / int64_t(sizeof(T));
+constexpr int64_t kDimBlockLanes = 4 * kVectorBytes / int64_t(sizeof(T));
 
 template <class T, class F, int LA>
 void dimsum1_kernel(const Bound<T>& k, int64_t row, int64_t L) {
@@ -429,10 +429,11 @@ class Plan {
     offset_.assign(n_regs, 0);
     int64_t dims[4] = {0, 0, 0, 0};
     for (size_t r = 0; r < n_regs; ++r) dims[prog.registers[r].role] += prog.registers[r].dim;
-    // Tile width: inner+pair registers of a tile should stay within ~96 KiB (L1/L2).
+    // Tile width: inner+pair registers of a tile should stay within L1 (48 KiB on Zen 4/5,
+    // 32 KiB on most others), which every row of the chunk reads again.
     const int64_t bytes_per_lane = (dims[kInner] + dims[kPair]) * int64_t(sizeof(T));
     tl_ = 256;
-    while (tl_ > 16 && tl_ * bytes_per_lane > 96 * 1024) tl_ /= 2;
+    while (tl_ > 64 && tl_ * bytes_per_lane > 32 * 1024) tl_ /= 2;
     rc_ = std::max<int64_t>(1, std::min<int64_t>(32, n_outer));
     lanes_[kParam] = 1;
     lanes_[kOuter] = round_up(rc_, 16);
