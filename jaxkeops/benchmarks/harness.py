@@ -28,14 +28,21 @@ def _time_once(run) -> float:
     return time.perf_counter() - start
 
 
-def compare(candidates: list[Candidate], repeats: int = 5) -> dict[str, Timing]:
-    """Per candidate: the first call, then the median of `repeats` warm calls; the warm calls of
-    all candidates run in turn so that machine noise hits them alike."""
+def compare(candidates: list[Candidate], repeats: int = 5, alternate: bool = True
+            ) -> dict[str, Timing]:
+    """Per candidate: the first call, then the median of `repeats` warm calls. Alternating, the
+    warm calls of all candidates run in turn so that machine noise hits them alike; otherwise
+    each candidate's calls run back to back (for calls of microseconds, which another library's
+    lingering worker threads would disturb)."""
     first = {c.name: _time_once(c.run) for c in candidates}
     samples = {c.name: [] for c in candidates}
-    for _ in range(repeats):
+    if alternate:
+        for _ in range(repeats):
+            for c in candidates:
+                samples[c.name].append(_time_once(c.run))
+    else:
         for c in candidates:
-            samples[c.name].append(_time_once(c.run))
+            samples[c.name] = [_time_once(c.run) for _ in range(repeats)]
     return {name: Timing(first[name], statistics.median(s)) for name, s in samples.items()}
 
 
