@@ -122,6 +122,7 @@ inline constexpr int64_t kLaneSumWidth = 32;
 template <class Term>
 inline double lane_sum(int64_t n, Term&& term) {
   constexpr int64_t W = kLaneSumWidth;
+  static_assert(W == 32, "the final tree below is written for 32 partial sums");
   double acc[W] = {};
   int64_t l = 0;
   for (; l + W <= n; l += W)
@@ -254,7 +255,8 @@ struct ExpSumReducer {
       const T* sb = s + l0 * LS;
 #pragma omp simd
       for (int64_t l = 0; l < nb; ++l) w[l] = fast_exp(static_cast<T>(sb[l * LS] - shift));
-      if constexpr (kDenominator) state[1] += detail::lane_sum(nb, [&w](int64_t l) { return w[l]; });
+      if constexpr (kDenominator)
+        state[1] += detail::lane_sum(nb, [&w](int64_t l) { return w[l]; });
       if constexpr (kWeighted) {
         for (int64_t e = 0; e < e_; ++e) {
           const T* we = v[1].ptr + e * v[1].dim_stride + l0 * LS;

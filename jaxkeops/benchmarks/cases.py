@@ -307,7 +307,8 @@ def interpreter(M, N, budget):
     formulas = {
         "Gaussian exp(-‖x-y‖²) b": _gaussian_keops,
         "Cauchy b / (1 + ‖x-y‖²)": lambda x, y, b: (Vj(b) / (1 + Vi(x).sqdist(Vj(y)))).sum(1),
-        "Laplace exp(-‖x-y‖) b": lambda x, y, b: ((-(Vi(x) - Vj(y)).norm2()).exp() * Vj(b)).sum(1),
+        "Laplace exp(-‖x-y‖) b":
+            lambda x, y, b: ((-(Vi(x) - Vj(y)).norm2()).exp() * Vj(b)).sum(1),
         "exp(x·y) b (a dot product)": lambda x, y, b: ((Vi(x) | Vj(y)).exp() * Vj(b)).sum(1),
     }
     rows = ["| formula | implementation | G pairs per CPU-second |", "|---|---|---|"]
