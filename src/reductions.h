@@ -114,6 +114,26 @@ inline bool check_shape(const char* name, const std::vector<int32_t>& params, si
 
 inline constexpr double kInf = std::numeric_limits<double>::infinity();
 
+// Σ_{l < n} term(l) in double, kept in 32 independent partial sums (several vector registers:
+// the add latency does not serialise the loop) combined by a fixed tree, so that the result
+// does not depend on the machine.
+inline constexpr int64_t kLaneSumWidth = 32;
+
+template <class Term>
+inline double lane_sum(int64_t n, Term&& term) {
+  constexpr int64_t W = kLaneSumWidth;
+  static_assert(W == 32, "the final tree below is written for 32 partial sums");
+  double acc[W] = {};
+  int64_t l = 0;
+  for (; l + W <= n; l += W)
+#pragma omp simd
+    for (int64_t k = 0; k < W; ++k) acc[k] += static_cast<double>(term(l + k));
+  for (int64_t k = 0; l + k < n; ++k) acc[k] += static_cast<double>(term(l + k));
+#pragma omp simd
+  for (int64_t k = 0; k < 8; ++k) acc[k] = (acc[k] + acc[k + 16]) + (acc[k + 8] + acc[k + 24]);
+  return ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
+}
+
 }  // namespace detail
 
 // ---------------------------------------------------------------- Sum
@@ -143,10 +163,7 @@ struct SumReducer {
       if constexpr (LaneStride == 0) {
         state[d] += static_cast<double>(p[0]) * static_cast<double>(n_valid);
       } else {
-        double s = 0.0;
-#pragma omp simd reduction(+ : s)
-        for (int64_t l = 0; l < n_valid; ++l) s += static_cast<double>(p[l]);
-        state[d] += s;
+        state[d] += detail::lane_sum(n_valid, [p](int64_t l) { return p[l]; });
       }
     }
   }
@@ -230,34 +247,23 @@ struct ExpSumReducer {
       m = tile_max;
     }
     const T shift = static_cast<T>(m);  // exact: m is one of the T scores
-    if constexpr (!kWeighted) {
-      double z = 0.0;
-#pragma omp simd reduction(+ : z)
-      for (int64_t l = 0; l < n_valid; ++l)
-        z += static_cast<double>(fast_exp(static_cast<T>(s[l * LS] - shift)));
-      state[1] += z;
-      return;
-    }
     // exp(S - m) of a block of lanes, then the sums (in double) that use it.
-    constexpr int64_t kBlock = 64;
-    T w[kBlock];
+    constexpr int64_t kBlock = 256;
+    alignas(64) T w[kBlock];
     for (int64_t l0 = 0; l0 < n_valid; l0 += kBlock) {
       const int64_t nb = n_valid - l0 < kBlock ? n_valid - l0 : kBlock;
       const T* sb = s + l0 * LS;
-      double z = 0.0;
-#pragma omp simd reduction(+ : z)
-      for (int64_t l = 0; l < nb; ++l) {
-        w[l] = fast_exp(static_cast<T>(sb[l * LS] - shift));
-        z += static_cast<double>(w[l]);
-      }
-      if constexpr (kDenominator) state[1] += z;
-      for (int64_t e = 0; e < e_; ++e) {
-        const T* we = v[1].ptr + e * v[1].dim_stride + l0 * LS;
-        double ze = 0.0;
-#pragma omp simd reduction(+ : ze)
-        for (int64_t l = 0; l < nb; ++l)
-          ze += static_cast<double>(w[l]) * static_cast<double>(we[l * LS]);
-        state[2 + e] += ze;
+#pragma omp simd
+      for (int64_t l = 0; l < nb; ++l) w[l] = fast_exp(static_cast<T>(sb[l * LS] - shift));
+      if constexpr (kDenominator)
+        state[1] += detail::lane_sum(nb, [&w](int64_t l) { return w[l]; });
+      if constexpr (kWeighted) {
+        for (int64_t e = 0; e < e_; ++e) {
+          const T* we = v[1].ptr + e * v[1].dim_stride + l0 * LS;
+          state[2 + e] += detail::lane_sum(nb, [&w, we](int64_t l) {
+            return static_cast<double>(w[l]) * static_cast<double>(we[l * LS]);
+          });
+        }
       }
     }
   }

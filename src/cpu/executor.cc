@@ -253,34 +253,66 @@ struct SqDistTerm {
   }
 };
 
+// The dim loop runs inside blocks of lanes whose partial sums stay in registers, so that large
+// dims do not load and store the output once per dim. A block is 8 vector registers: enough
+// independent add chains to hide the FMA latency on two pipes. Every lane still adds its terms
+// in dim order: the blocking changes no result bit.
+#if defined(__AVX512F__)
+constexpr int64_t kVectorBytes = 64;
+#elif defined(__AVX__)
+constexpr int64_t kVectorBytes = 32;
+#else
+constexpr int64_t kVectorBytes = 16;
+#endif
+template <class T>
+constexpr int64_t kDimBlockLanes = 4 * kVectorBytes / int64_t(sizeof(T));
+
 template <class T, class F, int LA>
 void dimsum1_kernel(const Bound<T>& k, int64_t row, int64_t L) {
+  constexpr int64_t B = kDimBlockLanes<T>;
   const T* pa = k.a.base + row * k.a.row_step;
+  const int64_t as = k.a.dim_stride;
   T* JK_RESTRICT o = k.out;
-  {
-    const T* JK_RESTRICT x = pa;
-    for (int64_t l = 0; l < L; ++l) o[l] = F::apply(x[l * LA]);
+  int64_t l0 = 0;
+  for (; l0 + B <= L; l0 += B) {
+    const T* JK_RESTRICT x = pa + l0 * LA;
+    T acc[B];
+    for (int64_t l = 0; l < B; ++l) acc[l] = F::apply(x[l * LA]);
+    for (int32_t d = 1; d < k.arg_dim; ++d)
+      for (int64_t l = 0; l < B; ++l) acc[l] += F::apply(x[d * as + l * LA]);
+    for (int64_t l = 0; l < B; ++l) o[l0 + l] = acc[l];
   }
+  if (l0 == L) return;
+  for (int64_t l = l0; l < L; ++l) o[l] = F::apply(pa[l * LA]);
   for (int32_t d = 1; d < k.arg_dim; ++d) {
-    const T* JK_RESTRICT x = pa + d * k.a.dim_stride;
-    for (int64_t l = 0; l < L; ++l) o[l] += F::apply(x[l * LA]);
+    const T* JK_RESTRICT x = pa + d * as;
+    for (int64_t l = l0; l < L; ++l) o[l] += F::apply(x[l * LA]);
   }
 }
 
 template <class T, class F, int LA, int LB>
 void dimsum2_kernel(const Bound<T>& k, int64_t row, int64_t L) {
+  constexpr int64_t B = kDimBlockLanes<T>;
   const T* pa = k.a.base + row * k.a.row_step;
   const T* pb = k.b.base + row * k.b.row_step;
+  const int64_t as = k.a.dim_stride, bs = k.b.dim_stride;
   T* JK_RESTRICT o = k.out;
-  {
-    const T* JK_RESTRICT x = pa;
-    const T* JK_RESTRICT y = pb;
-    for (int64_t l = 0; l < L; ++l) o[l] = F::apply(x[l * LA], y[l * LB]);
+  int64_t l0 = 0;
+  for (; l0 + B <= L; l0 += B) {
+    const T* JK_RESTRICT x = pa + l0 * LA;
+    const T* JK_RESTRICT y = pb + l0 * LB;
+    T acc[B];
+    for (int64_t l = 0; l < B; ++l) acc[l] = F::apply(x[l * LA], y[l * LB]);
+    for (int32_t d = 1; d < k.arg_dim; ++d)
+      for (int64_t l = 0; l < B; ++l) acc[l] += F::apply(x[d * as + l * LA], y[d * bs + l * LB]);
+    for (int64_t l = 0; l < B; ++l) o[l0 + l] = acc[l];
   }
+  if (l0 == L) return;
+  for (int64_t l = l0; l < L; ++l) o[l] = F::apply(pa[l * LA], pb[l * LB]);
   for (int32_t d = 1; d < k.arg_dim; ++d) {
-    const T* JK_RESTRICT x = pa + d * k.a.dim_stride;
-    const T* JK_RESTRICT y = pb + d * k.b.dim_stride;
-    for (int64_t l = 0; l < L; ++l) o[l] += F::apply(x[l * LA], y[l * LB]);
+    const T* JK_RESTRICT x = pa + d * as;
+    const T* JK_RESTRICT y = pb + d * bs;
+    for (int64_t l = l0; l < L; ++l) o[l] += F::apply(x[l * LA], y[l * LB]);
   }
 }
 
@@ -397,10 +429,11 @@ class Plan {
     offset_.assign(n_regs, 0);
     int64_t dims[4] = {0, 0, 0, 0};
     for (size_t r = 0; r < n_regs; ++r) dims[prog.registers[r].role] += prog.registers[r].dim;
-    // Tile width: inner+pair registers of a tile should stay within ~96 KiB (L1/L2).
+    // Tile width: inner+pair registers of a tile should stay within L1 (48 KiB on Zen 4/5,
+    // 32 KiB on most others), which every row of the chunk reads again.
     const int64_t bytes_per_lane = (dims[kInner] + dims[kPair]) * int64_t(sizeof(T));
     tl_ = 256;
-    while (tl_ > 16 && tl_ * bytes_per_lane > 96 * 1024) tl_ /= 2;
+    while (tl_ > 64 && tl_ * bytes_per_lane > 32 * 1024) tl_ /= 2;
     rc_ = std::max<int64_t>(1, std::min<int64_t>(32, n_outer));
     lanes_[kParam] = 1;
     lanes_[kOuter] = round_up(rc_, 16);
@@ -544,8 +577,8 @@ class Plan {
 
 template <class T, class R>
 void run_item(const Plan<T>& plan, const R& red, const T* const* inputs,
-              const std::vector<InputSpec>& in_specs, int64_t r0, int64_t rows, int64_t j0,
-              int64_t j1, double* states /* rows x state_size, initialised here */) {
+              int64_t n_inner, int64_t r0, int64_t rows, int64_t j0, int64_t j1,
+              double* states /* rows x state_size, initialised here */) {
   const int64_t S = red.state_size();
   for (int64_t r = 0; r < rows; ++r) red.init(states + r * S);
   if (j1 <= j0) return;
@@ -584,14 +617,10 @@ void run_item(const Plan<T>& plan, const R& red, const T* const* inputs,
     const int64_t L = std::min(TL, round_up(nv, 16));
     for (const Step<T>& s : inner) {
       if (s.is_var) {
+        // Inner inputs come dim-major (see dim_major_inner_inputs): one contiguous copy per dim.
         const int32_t D = s.dim;
-        const T* src = inputs[s.input] + t0 * D;
-        if (D == 1) {
-          for (int64_t l = 0; l < nv; ++l) s.dst[l] = src[l];
-        } else {
-          for (int64_t l = 0; l < nv; ++l)
-            for (int32_t d = 0; d < D; ++d) s.dst[d * TL + l] = src[l * D + d];
-        }
+        for (int32_t d = 0; d < D; ++d)
+          std::copy_n(inputs[s.input] + d * n_inner + t0, nv, s.dst + d * TL);
         for (int32_t d = 0; d < D; ++d)
           for (int64_t l = nv; l < L; ++l) s.dst[d * TL + l] = T(0);
       } else {
@@ -657,6 +686,34 @@ class OutputWriter {
   int64_t width_ = 0;
 };
 
+// The inner inputs of dim > 1, transposed once per call to [dim][n_inner]: every tile of every
+// row chunk then loads them with contiguous copies instead of a strided transposition.
+template <class T>
+class DimMajorInputs {
+ public:
+  DimMajorInputs(const std::vector<InputSpec>& specs, const T* const* inputs, int64_t n_inner)
+      : ptrs_(inputs, inputs + specs.size()) {
+    for (size_t i = 0; i < specs.size(); ++i) {
+      const int64_t D = specs[i].dim;
+      if (specs[i].role != kInner || D == 1) continue;
+      auto copy = alloc_aligned<T>(D * n_inner);
+      constexpr int64_t kBlock = 64;  // rows per block: reads and writes stay in cache
+      for (int64_t j0 = 0; j0 < n_inner; j0 += kBlock) {
+        const int64_t j1 = std::min(n_inner, j0 + kBlock);
+        for (int64_t d = 0; d < D; ++d)
+          for (int64_t j = j0; j < j1; ++j) copy[d * n_inner + j] = inputs[i][j * D + d];
+      }
+      ptrs_[i] = copy.get();
+      owned_.push_back(std::move(copy));
+    }
+  }
+  const T* const* pointers() const { return ptrs_.data(); }
+
+ private:
+  std::vector<const T*> ptrs_;
+  std::vector<std::unique_ptr<T[], FreeDeleter>> owned_;
+};
+
 template <class T, class R>
 bool run(const Program& prog, const T* const* inputs, int64_t n_outer, int64_t n_inner,
          const OutputBuffer* outs, std::string* error) {
@@ -692,14 +749,15 @@ bool run(const Program& prog, const T* const* inputs, int64_t n_outer, int64_t n
   int64_t range = round_up((n_inner + n_splits - 1) / n_splits, TL);
   n_splits = (n_inner + range - 1) / range;
 
-  const std::vector<InputSpec>& in_specs = prog.inputs;
+  DimMajorInputs<T> dim_major(prog.inputs, inputs, n_inner);
+  inputs = dim_major.pointers();
   bool ok;
   if (n_splits == 1) {
     ok = parallel_for(n_chunks, [&](int64_t c) {
       const int64_t r0 = c * RC;
       const int64_t rows = std::min(RC, n_outer - r0);
       std::vector<double> st(rows * S), row(W);
-      run_item<T, R>(plan, red, inputs, in_specs, r0, rows, 0, n_inner, st.data());
+      run_item<T, R>(plan, red, inputs, n_inner, r0, rows, 0, n_inner, st.data());
       for (int64_t r = 0; r < rows; ++r) {
         red.finalize(st.data() + r * S, row.data());
         writer.write(row.data(), r0 + r);
@@ -712,7 +770,7 @@ bool run(const Program& prog, const T* const* inputs, int64_t n_outer, int64_t n
       const int64_t r0 = c * RC;
       const int64_t rows = std::min(RC, n_outer - r0);
       const int64_t j0 = s * range, j1 = std::min(n_inner, j0 + range);
-      run_item<T, R>(plan, red, inputs, in_specs, r0, rows, j0, j1,
+      run_item<T, R>(plan, red, inputs, n_inner, r0, rows, j0, j1,
                      partial.data() + item * RC * S);
     });
     if (ok) {
