@@ -12,6 +12,8 @@
 // get a small dedicated kernel in each executor plus a case in program.h's validation.
 #pragma once
 
+#include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -403,6 +405,22 @@ struct TensorDotSpec {
         idx[used[k]] = 0;
       }
     }
+  }
+
+  // The executors' index table: (out, a, b) triples flattened, sorted by output index (stable,
+  // so each output sums its terms in one fixed order).
+  std::vector<int32_t> sorted_term_table() const {
+    std::vector<std::array<int32_t, 3>> terms;
+    terms.reserve(n_terms);
+    for_each_term([&](int64_t o, int64_t a, int64_t b) {
+      terms.push_back({int32_t(o), int32_t(a), int32_t(b)});
+    });
+    std::stable_sort(terms.begin(), terms.end(),
+                     [](const auto& x, const auto& y) { return x[0] < y[0]; });
+    std::vector<int32_t> table;
+    table.reserve(3 * terms.size());
+    for (const auto& term : terms) table.insert(table.end(), term.begin(), term.end());
+    return table;
   }
 };
 

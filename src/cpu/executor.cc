@@ -462,16 +462,7 @@ class Plan {
       std::string unused;
       spec.parse(ins.int_params, prog.registers[ins.args[0]].dim,
                  prog.registers[ins.args[1]].dim, &unused);
-      std::vector<std::array<int32_t, 3>> terms;
-      terms.reserve(spec.n_terms);
-      spec.for_each_term([&](int64_t o, int64_t a, int64_t b) {
-        terms.push_back({int32_t(o), int32_t(a), int32_t(b)});
-      });
-      std::stable_sort(terms.begin(), terms.end(),
-                       [](const auto& x, const auto& y) { return x[0] < y[0]; });
-      std::vector<int32_t>& table = tables_[i];
-      table.reserve(3 * terms.size());
-      for (const auto& term : terms) table.insert(table.end(), term.begin(), term.end());
+      tables_[i] = spec.sorted_term_table();
     }
   }
 

@@ -91,20 +91,14 @@ bool build_host_program(HostProgram* hp, std::string* error) {
         std::string unused;
         spec.parse(ins.int_params, prog.registers[ins.args[0]].dim,
                    prog.registers[ins.args[1]].dim, &unused);
-        std::vector<std::array<int32_t, 3>> t;
-        t.reserve(spec.n_terms);
-        spec.for_each_term([&](int64_t o, int64_t a, int64_t b) {
-          t.push_back({int32_t(o), int32_t(a), int32_t(b)});
-        });
-        std::stable_sort(t.begin(), t.end(),
-                         [](const auto& x, const auto& y) { return x[0] < y[0]; });
-        if (terms.size() / 3 + t.size() > size_t(INT32_MAX)) {
+        const std::vector<int32_t> t = spec.sorted_term_table();
+        if (terms.size() / 3 + t.size() / 3 > size_t(INT32_MAX)) {
           *error = "jaxkeops CUDA executor: TensorDot tables too large";
           return false;
         }
         d.aux = int32_t(terms.size() / 3);
-        d.n_aux = int32_t(t.size());
-        for (const auto& x : t) terms.insert(terms.end(), x.begin(), x.end());
+        d.n_aux = int32_t(t.size() / 3);
+        terms.insert(terms.end(), t.begin(), t.end());
       }
       instrs.push_back(d);
     }
