@@ -11,7 +11,7 @@ import dataclasses
 import functools
 import struct
 
-from jaxkeops.formula import CAT_I, CAT_J, CAT_P, Const, Node, Op, Var, walk
+from jaxkeops.formula import CAT_I, CAT_J, CAT_P, Const, Node, Var, walk
 from jaxkeops.ops import OPCODE_CONST, OPCODE_VAR, OPS
 from jaxkeops.reductions import REDUCTIONS
 

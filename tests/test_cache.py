@@ -1,7 +1,6 @@
 """Equal formulas reuse the compiled executable: no new trace, no new lowering."""
 
 import jax
-import numpy as np
 
 from jaxkeops import LazyTensor, Pm, Vi, Vj
 from jaxkeops.program import compile_program

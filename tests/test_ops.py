@@ -7,7 +7,6 @@ coarse binary grid (exact in float32, so float32 and float64 see the same branch
 """
 
 import dataclasses
-import math
 from typing import Callable
 
 import jax

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from oracle import abs_sum, assert_close, dense
 
-from jaxkeops import LazyTensor, Pm, Vi, Vj
+from jaxkeops import Pm, Vi, Vj
 
 settings.register_profile(
     "ci", max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow]
