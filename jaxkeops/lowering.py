@@ -27,6 +27,7 @@ def _native_lowering(ctx, *operands, formulas, var_cats, reduction, reduction_pa
         axis,
     )
     n_inner = nj if axis == 1 else ni
+    # batch_shape needs no attribute: the handlers read the batch dims off the buffer shapes.
     lower = jax.ffi.ffi_lowering(_native.REDUCE_TARGET)
     # Typed numpy scalars: a Python int would reach the handler with the wrong width.
     return lower(ctx, *operands, program=program, n_inner=np.int64(n_inner))
