@@ -97,9 +97,10 @@ def _int_power(x, n):
 OPCODE_VAR = 0
 OPCODE_CONST = 1
 
-# Formula builders for the derivative rules (None stands for a zero formula).
+# Formula builders for the derivative rules (None stands for a zero formula); the reduction
+# rules (jaxkeops/reduction_derivatives.py) use them too.
 
-def _op(name, *args, params=()):
+def op_node(name, *args, params=()):
     return apply_op(name, tuple(args), tuple(params))
 
 
@@ -107,26 +108,27 @@ def _const(value, dim=1):
     return Const([float(value)] * dim)
 
 
-def _add(a, b):
+def add_formulas(a, b):
+    """a + b, None standing for zero."""
     if a is None or b is None:
         return b if a is None else a
-    return _op("Add", a, b)
+    return op_node("Add", a, b)
 
 
 def _neg(a):
-    return None if a is None else _op("Minus", a)
+    return None if a is None else op_node("Minus", a)
 
 
-def _mul(a, t):
+def mul_tangent(a, t):
     """a * t with t a tangent (or cotangent) formula, None when t is zero."""
-    return None if t is None else _op("Mult", a, t)
+    return None if t is None else op_node("Mult", a, t)
 
 
 def _to_dim(t, dim):
     """Give a tangent of dimension 1 the dimension `dim` (broadcasting, as the forward op does)."""
     if t is None or t.dim == dim:
         return t
-    return _op("Mult", t, _const(1.0, dim))
+    return op_node("Mult", t, _const(1.0, dim))
 
 
 def unbroadcast(ct, dim):
@@ -134,43 +136,43 @@ def unbroadcast(ct, dim):
     if ct is None or ct.dim == dim:
         return ct
     assert dim == 1, (ct.dim, dim)
-    return _op("Sum", ct)
+    return op_node("Sum", ct)
 
 
 def _add_jvp(node, t):
-    return _to_dim(_add(*t), node.dim) if None in t else _add(*t)
+    return _to_dim(add_formulas(*t), node.dim) if None in t else add_formulas(*t)
 
 
 def _sub_jvp(node, t):
-    return _to_dim(_add(t[0], _neg(t[1])), node.dim)
+    return _to_dim(add_formulas(t[0], _neg(t[1])), node.dim)
 
 
 def _mult_jvp(node, t):
     a, b = node.args
-    return _to_dim(_add(_mul(b, t[0]), _mul(a, t[1])), node.dim)
+    return _to_dim(add_formulas(mul_tangent(b, t[0]), mul_tangent(a, t[1])), node.dim)
 
 
 def _divide_jvp(node, t):
     a, b = node.args
     # d(a/b) = da/b - (a/b) db/b
-    return _to_dim(_add(_op("Divide", t[0], b) if t[0] is not None else None,
-                        _neg(_mul(_op("Divide", node, b), t[1]))), node.dim)
+    return _to_dim(add_formulas(op_node("Divide", t[0], b) if t[0] is not None else None,
+                        _neg(mul_tangent(op_node("Divide", node, b), t[1]))), node.dim)
 
 
 def _powf_jvp(node, t):
     a, b = node.args
     # a^b = exp(b log a): d = a^b (b/a da + log(a) db)
-    da = None if t[0] is None else _mul(_op("Divide", b, a), t[0])
-    db = None if t[1] is None else _mul(_op("Log", a), t[1])
-    return _to_dim(_mul(node, _to_dim(_add(da, db), node.dim)), node.dim)
+    da = None if t[0] is None else mul_tangent(op_node("Divide", b, a), t[0])
+    db = None if t[1] is None else mul_tangent(op_node("Log", a), t[1])
+    return _to_dim(mul_tangent(node, _to_dim(add_formulas(da, db), node.dim)), node.dim)
 
 
 def _pow_jvp(node, t):
     (a,), n = node.args, node.params[0]
     if n == 0:
         return None
-    base = _const(n) if n == 1 else _op("Mult", _const(n), apply_op("Pow", (a,), (n - 1,)))
-    return _mul(base, t[0])
+    base = _const(n) if n == 1 else op_node("Mult", _const(n), apply_op("Pow", (a,), (n - 1,)))
+    return mul_tangent(base, t[0])
 
 
 def _linear_transpose(*coefficients):
@@ -190,22 +192,22 @@ def _mult_transpose(node, ct, linear):
     a, b = node.args
     assert not all(linear), "Mult of two tangents is not linear"
     return (
-        unbroadcast(_op("Mult", ct, b), a.dim) if linear[0] else None,
-        unbroadcast(_op("Mult", ct, a), b.dim) if linear[1] else None,
+        unbroadcast(op_node("Mult", ct, b), a.dim) if linear[0] else None,
+        unbroadcast(op_node("Mult", ct, a), b.dim) if linear[1] else None,
     )
 
 
 def _divide_transpose(node, ct, linear):
     assert not linear[1], "division by a tangent is not linear"
-    return (unbroadcast(_op("Divide", ct, node.args[1]), node.args[0].dim), None)
+    return (unbroadcast(op_node("Divide", ct, node.args[1]), node.args[0].dim), None)
 
 
 def _scalprod_transpose(node, ct, linear):
     a, b = node.args
     assert not all(linear), "Scalprod of two tangents is not linear"
     return (
-        _op("Mult", ct, b) if linear[0] else None,
-        _op("Mult", ct, a) if linear[1] else None,
+        op_node("Mult", ct, b) if linear[0] else None,
+        op_node("Mult", ct, a) if linear[1] else None,
     )
 
 
@@ -213,43 +215,43 @@ _register("Add", 2, 2, _broadcast_dims("Add"), lambda a, b, p: a + b, _infix("+"
           jvp=_add_jvp, transpose=_linear_transpose(lambda n, ct: ct, lambda n, ct: ct))
 _register("Subtract", 3, 2, _broadcast_dims("Subtract"), lambda a, b, p: a - b, _infix("-"),
           jvp=_sub_jvp,
-          transpose=_linear_transpose(lambda n, ct: ct, lambda n, ct: _op("Minus", ct)))
+          transpose=_linear_transpose(lambda n, ct: ct, lambda n, ct: op_node("Minus", ct)))
 _register("Mult", 4, 2, _broadcast_dims("Mult"), lambda a, b, p: a * b, _infix("*"),
           jvp=_mult_jvp, transpose=_mult_transpose)
 _register("Divide", 5, 2, _broadcast_dims("Divide"), lambda a, b, p: a / b, _infix("/"),
           jvp=_divide_jvp, transpose=_divide_transpose)
 _register("Minus", 6, 1, _same_dim, lambda a, p: -a, lambda a, p: f"-{a[0]}",
           jvp=lambda node, t: _neg(t[0]),
-          transpose=lambda node, ct, linear: (_op("Minus", ct),))
+          transpose=lambda node, ct, linear: (op_node("Minus", ct),))
 _register("Exp", 7, 1, _same_dim, lambda a, p: jnp.exp(a),
-          jvp=lambda node, t: _mul(node, t[0]))
+          jvp=lambda node, t: mul_tangent(node, t[0]))
 _register("Log", 8, 1, _same_dim, lambda a, p: jnp.log(a),
-          jvp=lambda node, t: _op("Divide", t[0], node.args[0]))
+          jvp=lambda node, t: op_node("Divide", t[0], node.args[0]))
 _register("Sqrt", 9, 1, _same_dim, lambda a, p: jnp.sqrt(a),
-          jvp=lambda node, t: _op("Divide", t[0], _op("Mult", _const(2.0), node)))
+          jvp=lambda node, t: op_node("Divide", t[0], op_node("Mult", _const(2.0), node)))
 _register("Square", 10, 1, _same_dim, lambda a, p: a * a,
-          jvp=lambda node, t: _mul(_op("Mult", _const(2.0), node.args[0]), t[0]))
+          jvp=lambda node, t: mul_tangent(op_node("Mult", _const(2.0), node.args[0]), t[0]))
 _register("Pow", 11, 1, _same_dim, lambda a, p: _int_power(a, p[0]),
           lambda a, p: f"Pow({a[0]},{p[0]})", jvp=_pow_jvp)
 _register("Powf", 12, 2, _broadcast_dims("Powf"), lambda a, b, p: jnp.exp(b * jnp.log(a)),
           jvp=_powf_jvp)
 _register("Sum", 13, 1, _to_scalar, lambda a, p: jnp.sum(a, axis=-1, keepdims=True),
-          jvp=lambda node, t: _op("Sum", t[0]),
+          jvp=lambda node, t: op_node("Sum", t[0]),
           transpose=lambda node, ct, linear: (_to_dim(ct, node.args[0].dim),))
 _register("SqNorm2", 14, 1, _to_scalar, lambda a, p: jnp.sum(a * a, axis=-1, keepdims=True),
-          jvp=lambda node, t: _op("Scalprod", _op("Mult", _const(2.0), node.args[0]), t[0]))
+          jvp=lambda node, t: op_node("Scalprod", op_node("Mult", _const(2.0), node.args[0]), t[0]))
 _register("Scalprod", 15, 2, _equal_dims_to_scalar("Scalprod"),
           lambda a, b, p: jnp.sum(a * b, axis=-1, keepdims=True),
           lambda a, p: f"({a[0]}|{a[1]})",
-          jvp=lambda node, t: _add(
-              None if t[0] is None else _op("Scalprod", t[0], node.args[1]),
-              None if t[1] is None else _op("Scalprod", node.args[0], t[1])),
+          jvp=lambda node, t: add_formulas(
+              None if t[0] is None else op_node("Scalprod", t[0], node.args[1]),
+              None if t[1] is None else op_node("Scalprod", node.args[0], t[1])),
           transpose=_scalprod_transpose)
 _register("SqDist", 16, 2, _equal_dims_to_scalar("SqDist"),
           lambda a, b, p: jnp.sum((a - b) ** 2, axis=-1, keepdims=True),
-          jvp=lambda node, t: _op(
-              "Scalprod", _op("Mult", _const(2.0), _op("Subtract", *node.args)),
-              _add(t[0], _neg(t[1]))))
+          jvp=lambda node, t: op_node(
+              "Scalprod", op_node("Mult", _const(2.0), op_node("Subtract", *node.args)),
+              add_formulas(t[0], _neg(t[1]))))
 
 
 # --- the rest of KeOps' formula language --------------------------------------------------------
@@ -443,39 +445,39 @@ def _zero_jvp(node, t):
 
 def _chain(derivative):
     """jvp of an elementwise unary op f: f'(x) * t, with derivative(node, x) the formula f'(x)."""
-    return lambda node, t: _mul(derivative(node, node.args[0]), t[0])
+    return lambda node, t: mul_tangent(derivative(node, node.args[0]), t[0])
 
 
 def _one_minus(a):
-    return _op("Subtract", _const(1.0), a)
+    return op_node("Subtract", _const(1.0), a)
 
 
 def _atan2_jvp(node, t):
     y, x = node.args
-    r = _op("Add", _op("Square", x), _op("Square", y))
-    return _to_dim(_add(_mul(_op("Divide", x, r), t[0]),
-                        _neg(_mul(_op("Divide", y, r), t[1]))), node.dim)
+    r = op_node("Add", op_node("Square", x), op_node("Square", y))
+    return _to_dim(add_formulas(mul_tangent(op_node("Divide", x, r), t[0]),
+                        _neg(mul_tangent(op_node("Divide", y, r), t[1]))), node.dim)
 
 
 def _ifelse_jvp(node, t):
-    step = _op("Step", node.args[0])
-    return _to_dim(_add(_mul(step, t[1]), _mul(_one_minus(step), t[2])), node.dim)
+    step = op_node("Step", node.args[0])
+    return _to_dim(add_formulas(mul_tangent(step, t[1]), mul_tangent(_one_minus(step), t[2])), node.dim)
 
 
 def _clamp_jvp(node, t):
     x, a, b = node.args
-    below = _op("LessThan", x, a)
+    below = op_node("LessThan", x, a)
     not_below = _one_minus(below)
-    above = _op("Mult", not_below, _op("LessThan", b, x))
-    inside = _op("Subtract", not_below, above)
-    return _to_dim(_add(_add(_mul(inside, t[0]), _mul(below, t[1])), _mul(above, t[2])),
+    above = op_node("Mult", not_below, op_node("LessThan", b, x))
+    inside = op_node("Subtract", not_below, above)
+    return _to_dim(add_formulas(add_formulas(mul_tangent(inside, t[0]), mul_tangent(below, t[1])), mul_tangent(above, t[2])),
                    node.dim)
 
 
 def _mod_jvp(node, t):
     x, m, offset = node.args
-    q = _op("Floor", _op("Divide", _op("Subtract", x, offset), m))
-    return _to_dim(_add(t[0], _neg(_mul(q, t[1]))), node.dim)
+    q = op_node("Floor", op_node("Divide", op_node("Subtract", x, offset), m))
+    return _to_dim(add_formulas(t[0], _neg(mul_tangent(q, t[1]))), node.dim)
 
 
 def _select_jvp(arg_name):
@@ -483,7 +485,7 @@ def _select_jvp(arg_name):
 
     def rule(node, t):
         x = node.args[0]
-        return _op("Scalprod", _op("OneHot", _op(arg_name, x), params=(x.dim,)), t[0])
+        return op_node("Scalprod", op_node("OneHot", op_node(arg_name, x), params=(x.dim,)), t[0])
 
     return rule
 
@@ -494,15 +496,15 @@ def _zeros_like(node):
 
 def _concat_jvp(node, t):
     a, b = node.args
-    return _op("Concat", _zeros_like(a) if t[0] is None else t[0],
+    return op_node("Concat", _zeros_like(a) if t[0] is None else t[0],
                _zeros_like(b) if t[1] is None else t[1])
 
 
 def _concat_transpose(node, ct, linear):
     a, b = node.args
     return (
-        _op("Extract", ct, params=(0, a.dim)) if linear[0] else None,
-        _op("Extract", ct, params=(a.dim, b.dim)) if linear[1] else None,
+        op_node("Extract", ct, params=(0, a.dim)) if linear[0] else None,
+        op_node("Extract", ct, params=(a.dim, b.dim)) if linear[1] else None,
     )
 
 
@@ -514,14 +516,14 @@ def _tensordot_of_labels(x, lx, y, ly, lout, size):
     perm = _argsort([kept.index(l) for l in lout])
     params = tensordot_params([size[l] for l in lx], [size[l] for l in ly],
                               [lx.index(l) for l in shared], [ly.index(l) for l in shared], perm)
-    return _op("TensorDot", x, y, params=params)
+    return op_node("TensorDot", x, y, params=params)
 
 
 def _tensordot_jvp(node, t):
     a, b = node.args
-    return _add(
-        None if t[0] is None else _op("TensorDot", t[0], b, params=node.params),
-        None if t[1] is None else _op("TensorDot", a, t[1], params=node.params),
+    return add_formulas(
+        None if t[0] is None else op_node("TensorDot", t[0], b, params=node.params),
+        None if t[1] is None else op_node("TensorDot", a, t[1], params=node.params),
     )
 
 
@@ -550,28 +552,28 @@ def _sinxdivx(a):
     return jnp.where(a == 0, jnp.ones_like(a), jnp.sin(safe) / safe)
 
 
-_sq1m = lambda x: _op("Subtract", _const(1.0), _op("Square", x))  # noqa: E731  1 - x^2
+_sq1m = lambda x: op_node("Subtract", _const(1.0), op_node("Square", x))  # noqa: E731  1 - x^2
 
-_register("Abs", 17, 1, _same_dim, lambda a, p: jnp.abs(a), jvp=_chain(lambda n, x: _op("Sign", x)))
-_register("Sin", 18, 1, _same_dim, lambda a, p: jnp.sin(a), jvp=_chain(lambda n, x: _op("Cos", x)))
+_register("Abs", 17, 1, _same_dim, lambda a, p: jnp.abs(a), jvp=_chain(lambda n, x: op_node("Sign", x)))
+_register("Sin", 18, 1, _same_dim, lambda a, p: jnp.sin(a), jvp=_chain(lambda n, x: op_node("Cos", x)))
 _register("Cos", 19, 1, _same_dim, lambda a, p: jnp.cos(a),
-          jvp=_chain(lambda n, x: _op("Minus", _op("Sin", x))))
+          jvp=_chain(lambda n, x: op_node("Minus", op_node("Sin", x))))
 _register("Asin", 20, 1, _same_dim, lambda a, p: jnp.arcsin(a),
-          jvp=_chain(lambda n, x: _op("Rsqrt", _sq1m(x))))
+          jvp=_chain(lambda n, x: op_node("Rsqrt", _sq1m(x))))
 _register("Acos", 21, 1, _same_dim, lambda a, p: jnp.arccos(a),
-          jvp=_chain(lambda n, x: _op("Minus", _op("Rsqrt", _sq1m(x)))))
+          jvp=_chain(lambda n, x: op_node("Minus", op_node("Rsqrt", _sq1m(x)))))
 _register("Atan", 22, 1, _same_dim, lambda a, p: jnp.arctan(a),
-          jvp=_chain(lambda n, x: _op("Divide", _const(1.0),
-                                      _op("Add", _const(1.0), _op("Square", x)))))
+          jvp=_chain(lambda n, x: op_node("Divide", _const(1.0),
+                                      op_node("Add", _const(1.0), op_node("Square", x)))))
 # Rsqrt(0) = 0, as KeOps.
 _register("Rsqrt", 23, 1, _same_dim, lambda a, p: _rsqrt(a),
-          jvp=_chain(lambda n, x: _op("Mult", _const(-0.5), _op("Pow", n, params=(3,)))))
+          jvp=_chain(lambda n, x: op_node("Mult", _const(-0.5), op_node("Pow", n, params=(3,)))))
 # XLogX(0) = 0.
 _register("XLogX", 24, 1, _same_dim, lambda a, p: _xlogx(a),
-          jvp=_chain(lambda n, x: _op("Add", _op("Log", x), _const(1.0))))
+          jvp=_chain(lambda n, x: op_node("Add", op_node("Log", x), _const(1.0))))
 # SinXDivX(0) = 1; derivative (cos x - sin(x)/x) / x.
 _register("SinXDivX", 25, 1, _same_dim, lambda a, p: _sinxdivx(a),
-          jvp=_chain(lambda n, x: _op("Divide", _op("Subtract", _op("Cos", x), n), x)))
+          jvp=_chain(lambda n, x: op_node("Divide", op_node("Subtract", op_node("Cos", x), n), x)))
 # Sign(±0) = +0 (KeOps: x > 0 ? 1 : (x < 0 ? -1 : 0)).
 _register("Sign", 26, 1, _same_dim,
           lambda a, p: jnp.where(a > 0, 1.0, jnp.where(a < 0, -1.0, 0.0)).astype(a.dtype),
@@ -580,7 +582,7 @@ _register("Sign", 26, 1, _same_dim,
 _register("Step", 27, 1, _same_dim, lambda a, p: jnp.where(a < 0, 0.0, 1.0).astype(a.dtype),
           jvp=_zero_jvp)
 _register("ReLU", 28, 1, _same_dim, lambda a, p: jnp.where(a < 0, jnp.zeros_like(a), a),
-          jvp=_chain(lambda n, x: _op("Step", x)))
+          jvp=_chain(lambda n, x: op_node("Step", x)))
 _register("Floor", 29, 1, _same_dim, lambda a, p: jnp.floor(a), jvp=_zero_jvp)
 # Atan2(y, x) = atan2(y, x), as y.atan2(x).
 _register("Atan2", 30, 2, _broadcast_dims("Atan2"), lambda a, b, p: jnp.arctan2(a, b),
@@ -618,14 +620,14 @@ _register("OneHot", 43, 1, _one_hot_dim, _one_hot, lambda a, p: f"OneHot({a[0]},
           jvp=_zero_jvp)
 _register("Extract", 44, 1, _extract_dim, lambda a, p: a[..., p[0]:p[0] + p[1]],
           lambda a, p: f"Extract({a[0]},{p[0]},{p[1]})",
-          jvp=lambda node, t: _op("Extract", t[0], params=node.params),
+          jvp=lambda node, t: op_node("Extract", t[0], params=node.params),
           transpose=lambda node, ct, linear: (
-              _op("ExtractT", ct, params=(node.params[0], node.args[0].dim)),))
+              op_node("ExtractT", ct, params=(node.params[0], node.args[0].dim)),))
 _register("ExtractT", 45, 1, _extract_t_dim, _extract_t,
           lambda a, p: f"ExtractT({a[0]},{p[0]},{p[1]})",
-          jvp=lambda node, t: _op("ExtractT", t[0], params=node.params),
+          jvp=lambda node, t: op_node("ExtractT", t[0], params=node.params),
           transpose=lambda node, ct, linear: (
-              _op("Extract", ct, params=(node.params[0], node.args[0].dim)),))
+              op_node("Extract", ct, params=(node.params[0], node.args[0].dim)),))
 _register("Concat", 46, 2, _concat_dim, _concat, jvp=_concat_jvp, transpose=_concat_transpose)
 # TensorDot covers MatVecMult, VecMatMult, TensorProd and Kron (see lazy_tensor.py).
 _register("TensorDot", 47, 2, _tensordot_dim, _tensordot,

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from jaxkeops.autodiff import jvp_formula
 from jaxkeops.formula import CAT_I, CAT_J, Var
-from jaxkeops.ops import apply_op
+from jaxkeops.ops import add_formulas, mul_tangent, op_node
 from jaxkeops.reference import pick_values
 
 
@@ -53,10 +53,6 @@ class _Tangent:
     def add_outer(self, array) -> Var:
         """A per-output-row array (e.g. a primal output) as a variable of the formula."""
         return self._append(array, array.shape[-1], self.outer_cat)
-
-
-def _op(name, *args):
-    return apply_op(name, args)
 
 
 def _sum_of(formula, tangent: _Tangent, params):
@@ -92,14 +88,7 @@ def logsumexp_jvp(primals, tangents, formulas, var_cats, params):
         return out, [None]
     # dL = Σ_j softmax_ij dS_ij = Σ_j exp(S_ij - L_i) dS_ij
     L_var = t.add_outer(_finite_or_zero(L))
-    return out, [_sum_of(_op("Mult", _op("Exp", _op("Subtract", S, L_var)), dS), t, params)]
-
-
-def _plus(a, b):
-    """a + b for formulas, None standing for zero."""
-    if a is None or b is None:
-        return b if a is None else a
-    return _op("Add", a, b)
+    return out, [_sum_of(op_node("Mult", op_node("Exp", op_node("Subtract", S, L_var)), dS), t, params)]
 
 
 def _weighted_start(primals, tangents, formulas, var_cats, params):
@@ -112,7 +101,7 @@ def _weighted_start(primals, tangents, formulas, var_cats, params):
     if dS is None and dw is None:
         return out, None, None, None, None
     L = _logsumexp_of(S, primals, var_cats, params)
-    softmax = _op("Exp", _op("Subtract", S, t.add_outer(L)))  # exp(S - L)
+    softmax = op_node("Exp", op_node("Subtract", S, t.add_outer(L)))  # exp(S - L)
     return out, t, L, softmax, (w, dS, dw)
 
 
@@ -122,8 +111,8 @@ def logsumexp_weight_jvp(primals, tangents, formulas, var_cats, params):
         return [out], [None]
     w, dS, dw = terms
     # out = log Σ e^S w  ⇒  d out = Σ e^{S-L} (w dS + dw) · e^{L - out}
-    inner = _plus(None if dS is None else _op("Mult", w, dS), dw)
-    num = _sum_of(_op("Mult", softmax, inner), t, params)
+    inner = add_formulas(mul_tangent(w, dS), dw)
+    num = _sum_of(op_node("Mult", softmax, inner), t, params)
     return [out], [num * _finite_or_zero(jnp.exp(L - out))]
 
 
@@ -133,8 +122,8 @@ def sumsoftmaxweight_jvp(primals, tangents, formulas, var_cats, params):
         return [out], [None]
     w, dS, dw = terms
     # out = Σ p w with p = softmax(S)  ⇒  d out = Σ p (dw + (w - out) dS).
-    centred = None if dS is None else _op("Mult", _op("Subtract", w, t.add_outer(out)), dS)
-    return [out], [_sum_of(_op("Mult", softmax, _plus(dw, centred)), t, params)]
+    centred = None if dS is None else mul_tangent(op_node("Subtract", w, t.add_outer(out)), dS)
+    return [out], [_sum_of(op_node("Mult", softmax, add_formulas(dw, centred)), t, params)]
 
 
 def _selection_jvp(with_indices: str, value_position):
