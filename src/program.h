@@ -60,6 +60,9 @@ struct Program {
   std::vector<Instruction> instructions;
   std::vector<int32_t> results;
   std::vector<int32_t> result_dims;  // derived
+  // derived, per instruction: a TensorDot's (out, a, b) index triples, sorted by output
+  // (TensorDotSpec::sorted_term_table); empty for other ops. Built once, at decode time.
+  std::vector<std::vector<int32_t>> term_tables;
 };
 
 namespace detail {
@@ -172,6 +175,7 @@ inline bool decode_program(const char* data, size_t size, Program* prog, std::st
 
   if (!read_count(&n, "n_instructions", 20)) return false;
   prog->instructions.resize(n);
+  prog->term_tables.assign(n, {});
   // Which instruction last wrote each register, in program order (-1: never).
   std::vector<int32_t> last_writer(n_regs, -1);
   // For the hoisting check: the writer each argument read sees in program order.
@@ -341,6 +345,7 @@ inline bool decode_program(const char* data, size_t size, Program* prog, std::st
             if (!spec.parse(ins.int_params, arg_dim(0), arg_dim(1), &td_error))
               return fail(opat + ": " + td_error);
             if (!expect_dim(spec.out_dim)) return false;
+            prog->term_tables[k] = spec.sorted_term_table();
             break;
           }
           default:

@@ -453,17 +453,6 @@ class Plan {
     param_ = alloc_aligned<T>(size[kParam]);
     for (size_t i = 0; i < prog.instructions.size(); ++i)
       by_role_[prog.registers[prog.instructions[i].out].role].push_back(int32_t(i));
-    // Index tables of the TensorDot instructions (validated by decode_program).
-    tables_.resize(prog.instructions.size());
-    for (size_t i = 0; i < prog.instructions.size(); ++i) {
-      const Instruction& ins = prog.instructions[i];
-      if (ins.opcode != static_cast<int32_t>(Op::TensorDot)) continue;
-      TensorDotSpec spec;
-      std::string unused;
-      spec.parse(ins.int_params, prog.registers[ins.args[0]].dim,
-                 prog.registers[ins.args[1]].dim, &unused);
-      tables_[i] = spec.sorted_term_table();
-    }
   }
 
   int64_t tile() const { return tl_; }
@@ -513,9 +502,9 @@ class Plan {
         if (ins.args.size() > 1) k.b = arg_ref(ins.args[1], phase, s.dim, ws, &lb);
         if (ins.args.size() > 2) k.c = arg_ref(ins.args[2], phase, s.dim, ws, &lc);
         if (!ins.int_params.empty()) k.ipar = ins.int_params[0];
-        if (!tables_[i].empty()) {
-          k.table = tables_[i].data();
-          k.n_terms = static_cast<int64_t>(tables_[i].size() / 3);
+        if (!prog_.term_tables[i].empty()) {
+          k.table = prog_.term_tables[i].data();
+          k.n_terms = static_cast<int64_t>(prog_.term_tables[i].size() / 3);
         }
         k.fn = select_kernel<T>(ins.opcode, la, lb, lc);
       }
@@ -560,7 +549,6 @@ class Plan {
   int64_t ws_size_ = 0;
   std::vector<int64_t> offset_;
   std::vector<int32_t> by_role_[4];
-  std::vector<std::vector<int32_t>> tables_;  // per instruction: TensorDot index triples
   std::unique_ptr<T[], FreeDeleter> param_;
 };
 

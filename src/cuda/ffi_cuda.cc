@@ -73,7 +73,8 @@ bool build_host_program(HostProgram* hp, std::string* error) {
   std::vector<double> consts;
   for (int32_t role = kParam; role <= kPair; ++role) {
     L.phase_begin[role] = int32_t(instrs.size());
-    for (const Instruction& ins : prog.instructions) {
+    for (size_t i = 0; i < prog.instructions.size(); ++i) {
+      const Instruction& ins = prog.instructions[i];
       if (prog.registers[ins.out].role != role) continue;
       DevInstr d{};
       d.opcode = ins.opcode;
@@ -87,11 +88,7 @@ bool build_host_program(HostProgram* hp, std::string* error) {
         d.n_aux = int32_t(ins.float_params.size());
         consts.insert(consts.end(), ins.float_params.begin(), ins.float_params.end());
       } else if (ins.opcode == int32_t(Op::TensorDot)) {
-        TensorDotSpec spec;
-        std::string unused;
-        spec.parse(ins.int_params, prog.registers[ins.args[0]].dim,
-                   prog.registers[ins.args[1]].dim, &unused);
-        const std::vector<int32_t> t = spec.sorted_term_table();
+        const std::vector<int32_t>& t = prog.term_tables[i];
         if (terms.size() / 3 + t.size() / 3 > size_t(INT32_MAX)) {
           *error = "jaxkeops CUDA executor: TensorDot tables too large";
           return false;
