@@ -37,6 +37,7 @@
 #include <cstdint>
 #include <limits>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "fast_math.h"
@@ -227,26 +228,9 @@ struct ExpSumReducer {
   template <int LaneStride, class T>
   void accumulate(double* state, const ResultView<T>* v, int64_t n_valid, int64_t) const {
     constexpr int64_t LS = LaneStride;
-    double& m = state[0];
-    if (m == detail::kInf) return;  // already +inf: nothing changes it
     const T* s = v[0].ptr;
-    T tile_max = -std::numeric_limits<T>::infinity();
-#pragma omp simd reduction(max : tile_max)
-    for (int64_t l = 0; l < n_valid; ++l) tile_max = s[l * LS] > tile_max ? s[l * LS] : tile_max;
-    if (tile_max == -std::numeric_limits<T>::infinity()) return;  // all masked
-    if (tile_max == std::numeric_limits<T>::infinity()) {
-      m = detail::kInf;
-      state[1] = 1.0;
-      for (int64_t e = 0; e < (kWeighted ? e_ : 0); ++e)
-        state[2 + e] = std::numeric_limits<double>::quiet_NaN();
-      return;
-    }
-    if (tile_max > m) {
-      const double scale = std::exp(m - double(tile_max));  // 0 when m is -inf
-      for (int64_t k = 1; k < state_size(); ++k) state[k] *= scale;
-      m = tile_max;
-    }
-    const T shift = static_cast<T>(m);  // exact: m is one of the T scores
+    if (!rebase<LS>(state, s, n_valid)) return;
+    const T shift = static_cast<T>(state[0]);  // exact: m is one of the T scores
     // exp(S - m) of a block of lanes, then the sums (in double) that use it.
     constexpr int64_t kBlock = 256;
     alignas(64) T w[kBlock];
@@ -266,6 +250,26 @@ struct ExpSumReducer {
         }
       }
     }
+  }
+
+  // For executors that sum the weighted numerators themselves (the CPU executor's row-block
+  // path, a matrix product over the rows of a chunk): the rest of accumulate for a tile of
+  // n_valid lane-dense scores. Writes the weights w[l] = exp(S_l - m) and returns true when the
+  // tile adds to the numerators, which add_numerators then receives as Σ_l w_l v_l (e_ values).
+  template <class T>
+  bool tile_weights(double* state, const T* s, int64_t n_valid, T* w) const {
+    static_assert(kWeighted, "only the weighted kinds have numerators");
+    if (!rebase<1>(state, s, n_valid)) return false;
+    const T shift = static_cast<T>(state[0]);
+#pragma omp simd
+    for (int64_t l = 0; l < n_valid; ++l) w[l] = fast_exp(static_cast<T>(s[l] - shift));
+    if constexpr (kDenominator) state[1] += detail::lane_sum(n_valid, [w](int64_t l) { return w[l]; });
+    return true;
+  }
+
+  template <class T>
+  void add_numerators(double* state, const T* sums) const {
+    for (int64_t e = 0; e < e_; ++e) state[2 + e] += static_cast<double>(sums[e]);
   }
 
   void combine(double* a, const double* b) const {
@@ -294,8 +298,42 @@ struct ExpSumReducer {
   }
 
  private:
+  // Moves m up to the tile's largest score, rescaling the sums. False when the tile adds
+  // nothing: every score is -inf (masked), or m is (or becomes) +inf, which fixes the result.
+  template <int LS, class T>
+  bool rebase(double* state, const T* s, int64_t n_valid) const {
+    double& m = state[0];
+    if (m == detail::kInf) return false;  // already +inf: nothing changes it
+    T tile_max = -std::numeric_limits<T>::infinity();
+#pragma omp simd reduction(max : tile_max)
+    for (int64_t l = 0; l < n_valid; ++l) tile_max = s[l * LS] > tile_max ? s[l * LS] : tile_max;
+    if (tile_max == -std::numeric_limits<T>::infinity()) return false;  // all masked
+    if (tile_max == std::numeric_limits<T>::infinity()) {
+      m = detail::kInf;
+      state[1] = 1.0;
+      for (int64_t e = 0; e < (kWeighted ? e_ : 0); ++e)
+        state[2 + e] = std::numeric_limits<double>::quiet_NaN();
+      return false;
+    }
+    if (tile_max > m) {
+      const double scale = std::exp(m - double(tile_max));  // 0 when m is -inf
+      for (int64_t k = 1; k < state_size(); ++k) state[k] *= scale;
+      m = tile_max;
+    }
+    return true;
+  }
+
   int64_t e_;
 };
+
+// Reducers that offer tile_weights / add_numerators (see ExpSumReducer).
+template <class R>
+struct HasTileWeights : std::false_type {};
+template <>
+struct HasTileWeights<ExpSumReducer<ExpKind::kLogSumExpWeight>> : std::true_type {};
+template <>
+struct HasTileWeights<ExpSumReducer<ExpKind::kSumSoftMaxWeight>> : std::true_type {};
+
 
 // ---------------------------------------------------------------- Min / Max and arg versions
 

@@ -21,6 +21,7 @@
 #include <new>
 #include <vector>
 
+#include "cpu/small_matmul.h"
 #include "cpu/thread_pool.h"
 #include "ops.h"
 #include "reductions.h"
@@ -254,18 +255,11 @@ struct SqDistTerm {
 };
 
 // The dim loop runs inside blocks of lanes whose partial sums stay in registers, so that large
-// dims do not load and store the output once per dim. A block is 8 vector registers: enough
+// dims do not load and store the output once per dim. A block is 4 vector registers: enough
 // independent add chains to hide the FMA latency on two pipes. Every lane still adds its terms
 // in dim order: the blocking changes no result bit.
-#if defined(__AVX512F__)
-constexpr int64_t kVectorBytes = 64;
-#elif defined(__AVX__)
-constexpr int64_t kVectorBytes = 32;
-#else
-constexpr int64_t kVectorBytes = 16;
-#endif
 template <class T>
-constexpr int64_t kDimBlockLanes = 4 * kVectorBytes / int64_t(sizeof(T));
+constexpr int64_t kDimBlockLanes = 4 * kSimdLanes<T>;
 
 template <class T, class F, int LA>
 void dimsum1_kernel(const Bound<T>& k, int64_t row, int64_t L) {
@@ -421,20 +415,51 @@ struct ResultRef {
   bool lane_dense;  // inner/pair register (else the same value on every lane)
 };
 
+// Row-block dot products: a pair Scalprod of an outer and an inner register of dim at least
+// kBlockDotMinDim is computed per tile for all rows of the chunk at once by small_matmul
+// (loaded inner values serve several rows from registers), before the rows' pair instructions,
+// which read row r's values from its rows × tile block.
+constexpr int32_t kBlockDotMinDim = 16;
+
+struct BlockDot {
+  int32_t outer_reg, inner_reg, dim;
+  int64_t index;  // of its block in the block arena
+};
+
+// Rows per chunk when a row-block path is used: 8 blocks of small_matmul's 6 rows.
+constexpr int64_t kRowBlockChunk = 48;
+
+// Row-block softmax numerators: when the weights of a LogSumExpWeight / SumSoftMaxWeight are an
+// inner register of dim at least kBlockWeightsMinDim, each tile's Σ_j exp(S_ij - m_i) v_j of a
+// chunk's rows is one small_matmul (see run_item).
+constexpr int32_t kBlockWeightsMinDim = 16;
+
 template <class T>
 class Plan {
  public:
-  Plan(const Program& prog, int64_t n_outer) : prog_(prog) {
+  // weighted_softmax: the reduction offers tile_weights (see kBlockWeightsMinDim).
+  Plan(const Program& prog, int64_t n_outer, bool weighted_softmax) : prog_(prog) {
     const size_t n_regs = prog.registers.size();
     offset_.assign(n_regs, 0);
-    int64_t dims[4] = {0, 0, 0, 0};
-    for (size_t r = 0; r < n_regs; ++r) dims[prog.registers[r].role] += prog.registers[r].dim;
-    // Tile width: inner+pair registers of a tile should stay within L1 (48 KiB on Zen 4/5,
-    // 32 KiB on most others), which every row of the chunk reads again.
-    const int64_t bytes_per_lane = (dims[kInner] + dims[kPair]) * int64_t(sizeof(T));
+    find_block_dots();
+    if (weighted_softmax) find_block_weights();
+    // Tile width: the inner and pair registers of a tile should stay within L1 (48 KiB on
+    // Zen 4/5, 32 KiB on most others), since every row of the chunk reads them again; the inner
+    // operands of the row-block paths do not count (small_matmul reads each once per block of
+    // rows). Row chunks are a whole number of small_matmul row blocks when it is used.
+    std::vector<bool> block_operand(n_regs, false);
+    for (const BlockDot& b : block_dots_) block_operand[b.inner_reg] = true;
+    if (block_weights_) block_operand[prog.results[1]] = true;
+    int64_t bytes_per_lane = 0;
+    for (size_t r = 0; r < n_regs; ++r) {
+      const RegisterSpec& reg = prog.registers[r];
+      if ((reg.role == kInner || reg.role == kPair) && !block_operand[r])
+        bytes_per_lane += reg.dim * int64_t(sizeof(T));
+    }
     tl_ = 256;
     while (tl_ > 64 && tl_ * bytes_per_lane > 32 * 1024) tl_ /= 2;
-    rc_ = std::max<int64_t>(1, std::min<int64_t>(32, n_outer));
+    const bool row_blocks = !block_dots_.empty() || block_weights_;
+    rc_ = std::max<int64_t>(1, std::min<int64_t>(row_blocks ? kRowBlockChunk : 32, n_outer));
     lanes_[kParam] = 1;
     lanes_[kOuter] = round_up(rc_, 16);
     lanes_[kInner] = tl_;
@@ -445,19 +470,31 @@ class Plan {
       offset_[r] = size[reg.role];
       size[reg.role] += round_up(int64_t(reg.dim) * lanes_[reg.role], 16);
     }
-    // One workspace holds the outer, inner and pair arenas.
+    // One workspace holds the outer, inner, pair and block arenas.
     ws_base_[kOuter] = 0;
     ws_base_[kInner] = size[kOuter];
     ws_base_[kPair] = size[kOuter] + size[kInner];
-    ws_size_ = size[kOuter] + size[kInner] + size[kPair];
+    block_base_ = size[kOuter] + size[kInner] + size[kPair];
+    ws_size_ = block_base_ + int64_t(block_dots_.size()) * lanes_[kOuter] * tl_;
     param_ = alloc_aligned<T>(size[kParam]);
     for (size_t i = 0; i < prog.instructions.size(); ++i)
-      by_role_[prog.registers[prog.instructions[i].out].role].push_back(int32_t(i));
+      if (!is_block_dot_[i])
+        by_role_[prog.registers[prog.instructions[i].out].role].push_back(int32_t(i));
   }
 
   int64_t tile() const { return tl_; }
   int64_t row_chunk() const { return rc_; }
+  int64_t outer_lanes() const { return lanes_[kOuter]; }
   int64_t workspace_size() const { return ws_size_; }
+  int32_t role(int32_t reg) const { return prog_.registers[reg].role; }
+  const std::vector<int32_t>& results_registers() const { return prog_.results; }
+  const std::vector<BlockDot>& block_dots() const { return block_dots_; }
+  bool block_weights() const { return block_weights_; }
+  // The inner input that the block weights are a copy of, or -1.
+  int32_t block_weights_input() const { return block_weights_input_; }
+  T* block_ptr(const BlockDot& b, T* ws) const {
+    return ws + block_base_ + b.index * lanes_[kOuter] * tl_;
+  }
 
   T* reg_ptr(int32_t r, T* ws) const {
     const int32_t role = prog_.registers[r].role;
@@ -469,6 +506,12 @@ class Plan {
   ArgRef<T> arg_ref(int32_t r, int32_t phase, int32_t out_dim, T* ws, int* lane_stride) const {
     const RegisterSpec& reg = prog_.registers[r];
     ArgRef<T> a;
+    if (block_of_reg_[r] >= 0) {  // a row-block dot product (dim 1): row r at r * tile
+      a.base = block_ptr(block_dots_[block_of_reg_[r]], ws);
+      a.row_step = tl_;
+      *lane_stride = 1;
+      return a;
+    }
     a.base = reg_ptr(r, ws);
     a.dim_stride = (reg.dim == 1 && out_dim > 1) ? 0 : lanes_[reg.role];
     a.row_step = 0;
@@ -542,11 +585,50 @@ class Plan {
   }
 
  private:
+  // The pair Scalprods of an outer and an inner register of large dim whose output register no
+  // other instruction writes (register reuse would otherwise make readers ambiguous).
+  void find_block_dots() {
+    const auto& ins = prog_.instructions;
+    std::vector<int32_t> writers(prog_.registers.size(), 0);
+    for (const Instruction& i : ins) ++writers[i.out];
+    is_block_dot_.assign(ins.size(), false);
+    block_of_reg_.assign(prog_.registers.size(), -1);
+    for (size_t i = 0; i < ins.size(); ++i) {
+      if (ins[i].opcode != static_cast<int32_t>(Op::Scalprod) || writers[ins[i].out] != 1 ||
+          prog_.registers[ins[i].out].role != kPair)
+        continue;
+      int32_t a = ins[i].args[0], b = ins[i].args[1];
+      if (prog_.registers[a].role == kInner) std::swap(a, b);  // a · b = b · a
+      const RegisterSpec &ra = prog_.registers[a], &rb = prog_.registers[b];
+      if (ra.role != kOuter || rb.role != kInner || ra.dim < kBlockDotMinDim) continue;
+      is_block_dot_[i] = true;
+      block_of_reg_[ins[i].out] = int32_t(block_dots_.size());
+      block_dots_.push_back({a, b, ra.dim, int64_t(block_dots_.size())});
+    }
+  }
+
+  void find_block_weights() {
+    const int32_t w = prog_.results[1];
+    if (prog_.registers[w].role != kInner || prog_.registers[w].dim < kBlockWeightsMinDim) return;
+    block_weights_ = true;
+    const Instruction* last_writer = nullptr;
+    for (const Instruction& i : prog_.instructions)
+      if (i.out == w) last_writer = &i;
+    if (last_writer && last_writer->opcode == static_cast<int32_t>(Op::Var))
+      block_weights_input_ = last_writer->int_params[0];
+  }
+
   const Program& prog_;
   int64_t tl_ = 0, rc_ = 0;
   int64_t lanes_[4];
   int64_t ws_base_[4] = {0, 0, 0, 0};
+  int64_t block_base_ = 0;
   int64_t ws_size_ = 0;
+  std::vector<BlockDot> block_dots_;
+  std::vector<bool> is_block_dot_;
+  std::vector<int32_t> block_of_reg_;  // index into block_dots_, -1 if none
+  bool block_weights_ = false;
+  int32_t block_weights_input_ = -1;
   std::vector<int64_t> offset_;
   std::vector<int32_t> by_role_[4];
   std::unique_ptr<T[], FreeDeleter> param_;
@@ -554,16 +636,75 @@ class Plan {
 
 // ---------------------------------------------------------------- work items
 
+// The weights v of BlockNumerators laid out lane-major ([inner index][e], row stride `stride`,
+// a multiple of kMatmulColumnMultiple): set when they are an inner input read as is (the input
+// itself, or a padded copy made once per call), else null and each tile is transposed.
+template <class T>
+struct LaneMajorWeights {
+  const T* data = nullptr;
+  int64_t stride = 0;
+};
+
+// The softmax numerators of a chunk's rows, summed per tile by a matrix product (see
+// kBlockWeightsMinDim): the reducer turns each row's scores into weights exp(S - m) (keeping its
+// maximum and denominator), and N[row][e] = Σ_lane w[row][lane] v[lane][e] is added to the rows
+// that the tile changed.
+template <class T, class R>
+class BlockNumerators {
+ public:
+  BlockNumerators(const R& red, const ResultRef<T>& weights, LaneMajorWeights<T> lane_major,
+                  int64_t rows, int64_t tile)
+      : red_(red), weights_(weights), lane_major_(lane_major), rows_(rows), tile_(tile),
+        e_pad_(round_up(weights.dim, kMatmulColumnMultiple<T>)),
+        w_(alloc_aligned<T>(rows * tile)), sums_(alloc_aligned<T>(rows * e_pad_)),
+        changed_(rows) {
+    if (!lane_major_.data) v_ = alloc_aligned<T>(tile * e_pad_);
+  }
+
+  // Row r's scores for the current tile (n_valid lanes).
+  void scores(double* state, int64_t r, const T* s, int64_t n_valid) {
+    changed_[r] = red_.tile_weights(state, s, n_valid, w_.get() + r * tile_);
+  }
+
+  // After the tile's rows (inner indices t0...): the numerators of every row (states row-major,
+  // S doubles each).
+  void finish_tile(double* states, int64_t S, int64_t t0, int64_t n_valid) {
+    const T* v = lane_major_.data + t0 * lane_major_.stride;
+    int64_t v_stride = lane_major_.stride;
+    if (!lane_major_.data) {
+      const int32_t E = weights_.dim;
+      for (int64_t l = 0; l < n_valid; ++l) {
+        T* dst = v_.get() + l * e_pad_;
+        for (int32_t e = 0; e < E; ++e) dst[e] = weights_.ref.base[e * weights_.ref.dim_stride + l];
+        for (int64_t e = E; e < e_pad_; ++e) dst[e] = T(0);
+      }
+      v = v_.get();
+      v_stride = e_pad_;
+    }
+    small_matmul(w_.get(), tile_, 1, v, v_stride, n_valid, sums_.get(), e_pad_, rows_, e_pad_);
+    for (int64_t r = 0; r < rows_; ++r)
+      if (changed_[r]) red_.add_numerators(states + r * S, sums_.get() + r * e_pad_);
+  }
+
+ private:
+  const R& red_;
+  const ResultRef<T>& weights_;
+  LaneMajorWeights<T> lane_major_;
+  int64_t rows_, tile_, e_pad_;
+  std::unique_ptr<T[], FreeDeleter> w_, v_, sums_;
+  std::vector<char> changed_;
+};
+
 template <class T, class R>
 void run_item(const Plan<T>& plan, const R& red, const T* const* inputs,
-              int64_t n_inner, int64_t r0, int64_t rows, int64_t j0, int64_t j1,
-              double* states /* rows x state_size, initialised here */) {
+              LaneMajorWeights<T> lane_major, int64_t n_inner, int64_t r0, int64_t rows,
+              int64_t j0, int64_t j1, double* states /* rows x state_size, initialised here */) {
   const int64_t S = red.state_size();
   for (int64_t r = 0; r < rows; ++r) red.init(states + r * S);
   if (j1 <= j0) return;
 
   const int64_t TL = plan.tile();
-  const int64_t RC = round_up(plan.row_chunk(), 16);
+  const int64_t RC = plan.outer_lanes();
   auto ws_holder = alloc_aligned<T>(plan.workspace_size());
   T* ws = ws_holder.get();
   const std::vector<Step<T>> outer = plan.bind(kOuter, ws);
@@ -579,6 +720,11 @@ void run_item(const Plan<T>& plan, const R& red, const T* const* inputs,
     for (size_t k = 0; k < results.size(); ++k)
       if (!results[k].lane_dense) scratch[k] = alloc_aligned<T>(int64_t(results[k].dim) * TL);
   std::vector<ResultView<T>> views(results.size());
+
+  std::unique_ptr<BlockNumerators<T, R>> numerators;
+  if constexpr (HasTileWeights<R>::value)
+    if (plan.block_weights())
+      numerators = std::make_unique<BlockNumerators<T, R>>(red, results[1], lane_major, rows, TL);
 
   // Outer instructions for the chunk (lanes = rows).
   for (const Step<T>& s : outer) {
@@ -606,6 +752,9 @@ void run_item(const Plan<T>& plan, const R& red, const T* const* inputs,
         s.k.fn(s.k, 0, L);
       }
     }
+    for (const BlockDot& b : plan.block_dots())
+      small_matmul(plan.reg_ptr(b.outer_reg, ws), 1, RC, plan.reg_ptr(b.inner_reg, ws), TL, b.dim,
+                   plan.block_ptr(b, ws), TL, rows, L);
     for (int64_t r = 0; r < rows; ++r) {
       for (const Step<T>& s : pair) s.k.fn(s.k, r, L);
       for (size_t k = 0; k < results.size(); ++k) {
@@ -620,11 +769,19 @@ void run_item(const Plan<T>& plan, const R& red, const T* const* inputs,
           views[k].dim_stride = TL;
         }
       }
+      if constexpr (HasTileWeights<R>::value) {
+        if (numerators) {
+          numerators->scores(states + r * S, r, views[0].ptr, nv);
+          continue;
+        }
+      }
       if (all_bcast)
         red.template accumulate<0, T>(states + r * S, views.data(), nv, t0);
       else
         red.template accumulate<1, T>(states + r * S, views.data(), nv, t0);
     }
+    if constexpr (HasTileWeights<R>::value)
+      if (numerators) numerators->finish_tile(states, S, t0, nv);
   }
 }
 
@@ -693,6 +850,25 @@ class DimMajorInputs {
   std::vector<std::unique_ptr<T[], FreeDeleter>> owned_;
 };
 
+// The lane-major weights of the block path when they are an inner input: the input itself when
+// its rows are a whole number of SIMD vectors, else a padded copy (held by *copy).
+template <class T>
+LaneMajorWeights<T> lane_major_weights(const Plan<T>& plan, const Program& prog,
+                                       const T* const* inputs, int64_t n_inner,
+                                       std::unique_ptr<T[], FreeDeleter>* copy) {
+  const int32_t k = plan.block_weights_input();
+  if (k < 0) return {};
+  const int64_t E = prog.inputs[k].dim;
+  const int64_t E_pad = round_up(E, kMatmulColumnMultiple<T>);
+  if (E == E_pad) return {inputs[k], E};
+  *copy = alloc_aligned<T>(n_inner * E_pad);
+  for (int64_t j = 0; j < n_inner; ++j) {
+    std::copy_n(inputs[k] + j * E, E, copy->get() + j * E_pad);
+    std::fill(copy->get() + j * E_pad + E, copy->get() + (j + 1) * E_pad, T(0));
+  }
+  return {copy->get(), E_pad};
+}
+
 template <class T, class R>
 bool run(const Program& prog, const T* const* inputs, int64_t n_outer, int64_t n_inner,
          const OutputBuffer* outs, std::string* error) {
@@ -710,7 +886,7 @@ bool run(const Program& prog, const T* const* inputs, int64_t n_outer, int64_t n
     return true;
   }
 
-  Plan<T> plan(prog, n_outer);
+  Plan<T> plan(prog, n_outer, HasTileWeights<R>::value);
   plan.run_params(inputs);
   const int64_t RC = plan.row_chunk();
   const int64_t TL = plan.tile();
@@ -728,6 +904,9 @@ bool run(const Program& prog, const T* const* inputs, int64_t n_outer, int64_t n
   int64_t range = round_up((n_inner + n_splits - 1) / n_splits, TL);
   n_splits = (n_inner + range - 1) / range;
 
+  std::unique_ptr<T[], FreeDeleter> padded_weights;
+  const LaneMajorWeights<T> lane_major =
+      lane_major_weights(plan, prog, inputs, n_inner, &padded_weights);
   DimMajorInputs<T> dim_major(prog.inputs, inputs, n_inner);
   inputs = dim_major.pointers();
   bool ok;
@@ -736,7 +915,7 @@ bool run(const Program& prog, const T* const* inputs, int64_t n_outer, int64_t n
       const int64_t r0 = c * RC;
       const int64_t rows = std::min(RC, n_outer - r0);
       std::vector<double> st(rows * S), row(W);
-      run_item<T, R>(plan, red, inputs, n_inner, r0, rows, 0, n_inner, st.data());
+      run_item<T, R>(plan, red, inputs, lane_major, n_inner, r0, rows, 0, n_inner, st.data());
       for (int64_t r = 0; r < rows; ++r) {
         red.finalize(st.data() + r * S, row.data());
         writer.write(row.data(), r0 + r);
@@ -749,7 +928,7 @@ bool run(const Program& prog, const T* const* inputs, int64_t n_outer, int64_t n
       const int64_t r0 = c * RC;
       const int64_t rows = std::min(RC, n_outer - r0);
       const int64_t j0 = s * range, j1 = std::min(n_inner, j0 + range);
-      run_item<T, R>(plan, red, inputs, n_inner, r0, rows, j0, j1,
+      run_item<T, R>(plan, red, inputs, lane_major, n_inner, r0, rows, j0, j1,
                      partial.data() + item * RC * S);
     });
     if (ok) {
