@@ -33,6 +33,7 @@
 // Max -inf, arg indices -1, SumSoftMaxWeight NaN (0/0).
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -140,7 +141,8 @@ inline double lane_sum(int64_t n, Term&& term) {
 // ---------------------------------------------------------------- Sum
 
 // Sum over the inner axis: each tile is summed in double, so a float32 sum of 10^6 terms keeps
-// float64-level accuracy.
+// float64-level accuracy (the CPU executor's row-block path for s * v with v of dim >= 16 sums
+// each tile in T instead, as a matrix product does, and the tiles in double).
 struct SumReducer {
   static bool check(const std::vector<int32_t>& params, const std::vector<int32_t>& result_dims,
                     std::string* error) {
@@ -171,6 +173,20 @@ struct SumReducer {
 
   void combine(double* a, const double* b) const {
     for (int64_t d = 0; d < dim_; ++d) a[d] += b[d];
+  }
+
+  // For executors that sum products s_l v_l themselves (the CPU executor's row-block path for a
+  // formula s * v): the coefficients of a tile are the n_valid scalars s as they are, and the
+  // tile's Σ_l s_l v_l (dim_ values, summed in T) arrive through add_numerators.
+  template <class T>
+  bool tile_weights(double*, const T* s, int64_t n_valid, T* w) const {
+    std::copy_n(s, n_valid, w);
+    return true;
+  }
+
+  template <class T>
+  void add_numerators(double* state, const T* sums) const {
+    for (int64_t d = 0; d < dim_; ++d) state[d] += static_cast<double>(sums[d]);
   }
 
   void finalize(const double* state, double* out_row) const {
@@ -326,9 +342,11 @@ struct ExpSumReducer {
   int64_t e_;
 };
 
-// Reducers that offer tile_weights / add_numerators (see ExpSumReducer).
+// Reducers that offer tile_weights / add_numerators (see SumReducer and ExpSumReducer).
 template <class R>
 struct HasTileWeights : std::false_type {};
+template <>
+struct HasTileWeights<SumReducer> : std::true_type {};
 template <>
 struct HasTileWeights<ExpSumReducer<ExpKind::kLogSumExpWeight>> : std::true_type {};
 template <>

@@ -1,11 +1,12 @@
 """The CPU executor's row-block paths (src/cpu/small_matmul.h), against dense float64 numpy.
 
 Dot products q_i · k_j of dim >= 16 are computed for blocks of rows by a small matrix product,
-and the numerators of a LogSumExpWeight / SumSoftMaxWeight whose weights are an inner register of
-dim >= 16 too. These tests cover both paths and their boundaries (dims 15/16/17, weights that are
-an input as is, a padded copy of one, or a computed register), ragged sizes (rows not a multiple
-of the 6-row blocks or 48-row chunks, tiles not full), the split inner axis, masks, huge scores,
-batch dims, vmap and gradients."""
+and so are the weighted sums Σ_j s_ij v_j with v an inner register of dim >= 16: the numerators
+of a LogSumExpWeight / SumSoftMaxWeight, and a Sum of s * v (K @ v with many columns). These
+tests cover the paths and their boundaries (dims 15/16/17, weights that are an input as is, a
+padded copy of one, or a computed register), ragged sizes (rows not a multiple of the 6-row
+blocks or 48-row chunks, tiles not full), the split inner axis, masks, huge scores, batch dims,
+vmap and gradients."""
 
 import jax
 import jax.numpy as jnp
@@ -156,3 +157,53 @@ def test_gradients_match_dense(rng):
     want = jax.grad(dense, argnums=(0, 1, 2))(q, k, v)
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, rtol=1e-9, atol=1e-11 * np.abs(w).max())
+
+
+@pytest.mark.parametrize("M,N", SIZES)
+@pytest.mark.parametrize("E", [16, 20, 64])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sum_of_scalar_times_vector(rng, M, N, E, dtype):
+    """K @ v with E columns: a Sum of s_ij * v_j, with s a generic formula (Gaussian, D = 3) or a
+    block dot (D = 32), on either side of the product."""
+    x, y, v = (rng.normal(size=(n, d)).astype(dtype) for n, d in ((M, 3), (N, 3), (N, E)))
+    x64, y64, v64 = (a.astype(np.float64) for a in (x, y, v))
+    K = np.exp(-((x64[:, None, :] - y64[None, :, :]) ** 2).sum(-1))
+    gauss = (-Vi(x).sqdist(Vj(y))).exp()
+    assert_close((gauss * Vj(v)).sum(axis=1), K @ v64, dtype, rtol32=1e-5, scale=K @ np.abs(v64))
+    assert_close(gauss @ v, K @ v64, dtype, rtol32=1e-5, scale=K @ np.abs(v64))
+
+    q, k, _ = attention_data(rng, M, N, 32, E, dtype, scale=0.5)
+    K = np.exp(q.astype(np.float64) @ k.T.astype(np.float64))
+    out = (Vj(v) * (Vi(q) | Vj(k)).exp()).sum(axis=1)
+    assert_close(out, K @ v64, dtype, rtol32=1e-5, scale=K @ np.abs(v64))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sum_of_product_with_computed_or_shared_factors(rng, dtype):
+    """Weights computed per tile (transposed into the matrix product), and a product that
+    another instruction also reads (it is then formed as usual)."""
+    M, N, E = 133, 901, 18
+    x, y = (rng.normal(size=(n, 2)).astype(dtype) for n in (M, N))
+    v = rng.normal(size=(N, E)).astype(dtype)
+    x64, y64, v64 = (a.astype(np.float64) for a in (x, y, v))
+    K = 1.0 / (1.0 + ((x64[:, None, :] - y64[None, :, :]) ** 2).sum(-1))
+    s = 1.0 / (1.0 + Vi(x).sqdist(Vj(y)))
+    w = (Vj(v) * 0.5).sin()
+    ref = K @ np.sin(0.5 * v64)
+    assert_close((s * w).sum(axis=1), ref, dtype, rtol32=1e-5, scale=K @ np.abs(v64))
+    P = s * Vj(v)
+    out = (P + P.cos()).sum(axis=1)
+    ref = (K[:, :, None] * v64[None] + np.cos(K[:, :, None] * v64[None])).sum(1)
+    assert_close(out, ref, dtype, rtol32=1e-5, scale=np.abs(ref) + N)
+
+
+def test_float32_sums_over_a_long_axis(rng):
+    """The row-block sums add each tile in float32 and the tiles in float64: 2·10^5 positive
+    terms per output stay within 1e-5 relative."""
+    M, N, E = 5, 200_000, 16
+    x, y = (rng.uniform(size=(n, 1)).astype(np.float32) for n in (M, N))
+    v = rng.uniform(0.5, 1.5, size=(N, E)).astype(np.float32)
+    out = ((-Vi(x).sqdist(Vj(y))).exp() * Vj(v)).sum(axis=1)
+    K = np.exp(-(x.astype(np.float64) - y.astype(np.float64).T) ** 2)
+    ref = K @ v.astype(np.float64)
+    np.testing.assert_allclose(out, ref, rtol=1e-5)

@@ -429,27 +429,37 @@ struct BlockDot {
 // Rows per chunk when a row-block path is used: 8 blocks of small_matmul's 6 rows.
 constexpr int64_t kRowBlockChunk = 48;
 
-// Row-block softmax numerators: when the weights of a LogSumExpWeight / SumSoftMaxWeight are an
-// inner register of dim at least kBlockWeightsMinDim, each tile's Σ_j exp(S_ij - m_i) v_j of a
-// chunk's rows is one small_matmul (see run_item).
+// Row-block weighted sums: Σ_j s_ij v_j (v an inner register of dim at least
+// kBlockWeightsMinDim) summed per tile for a chunk's rows by one small_matmul, where s_ij is
+//   kResults   exp(S_ij - m_i) for a LogSumExpWeight / SumSoftMaxWeight of score S, weights v;
+//   kProduct   s_ij itself for a Sum whose formula is s * v (s a pair scalar), the product
+//              never formed.
+enum class WeightsForm { kNone, kResults, kProduct };
 constexpr int32_t kBlockWeightsMinDim = 16;
+
+template <class R>
+constexpr WeightsForm weights_form() {
+  if constexpr (std::is_same_v<R, SumReducer>) return WeightsForm::kProduct;
+  if constexpr (HasTileWeights<R>::value) return WeightsForm::kResults;
+  return WeightsForm::kNone;
+}
 
 template <class T>
 class Plan {
  public:
-  // weighted_softmax: the reduction offers tile_weights (see kBlockWeightsMinDim).
-  Plan(const Program& prog, int64_t n_outer, bool weighted_softmax) : prog_(prog) {
+  Plan(const Program& prog, int64_t n_outer, WeightsForm weights_form) : prog_(prog) {
     const size_t n_regs = prog.registers.size();
     offset_.assign(n_regs, 0);
     find_block_dots();
-    if (weighted_softmax) find_block_weights();
+    find_block_weights(weights_form);
     // Tile width: the inner and pair registers of a tile should stay within L1 (48 KiB on
     // Zen 4/5, 32 KiB on most others), since every row of the chunk reads them again; the inner
     // operands of the row-block paths do not count (small_matmul reads each once per block of
     // rows). Row chunks are a whole number of small_matmul row blocks when it is used.
     std::vector<bool> block_operand(n_regs, false);
     for (const BlockDot& b : block_dots_) block_operand[b.inner_reg] = true;
-    if (block_weights_) block_operand[prog.results[1]] = true;
+    if (block_weights_) block_operand[weights_reg_] = true;
+    if (skipped_product_ >= 0) block_operand[prog.instructions[skipped_product_].out] = true;
     int64_t bytes_per_lane = 0;
     for (size_t r = 0; r < n_regs; ++r) {
       const RegisterSpec& reg = prog.registers[r];
@@ -478,7 +488,7 @@ class Plan {
     ws_size_ = block_base_ + int64_t(block_dots_.size()) * lanes_[kOuter] * tl_;
     param_ = alloc_aligned<T>(size[kParam]);
     for (size_t i = 0; i < prog.instructions.size(); ++i)
-      if (!is_block_dot_[i])
+      if (!is_block_dot_[i] && int32_t(i) != skipped_product_)
         by_role_[prog.registers[prog.instructions[i].out].role].push_back(int32_t(i));
   }
 
@@ -490,6 +500,9 @@ class Plan {
   const std::vector<int32_t>& results_registers() const { return prog_.results; }
   const std::vector<BlockDot>& block_dots() const { return block_dots_; }
   bool block_weights() const { return block_weights_; }
+  // The scores and weights of the block weighted sums (see WeightsForm), read as results are.
+  ResultRef<T> block_scores(T* ws) const { return result_ref(score_reg_, score_block_, ws); }
+  ResultRef<T> block_weights_ref(T* ws) const { return result_ref(weights_reg_, -1, ws); }
   // The inner input that the block weights are a copy of, or -1.
   int32_t block_weights_input() const { return block_weights_input_; }
   T* block_ptr(const BlockDot& b, T* ws) const {
@@ -502,12 +515,14 @@ class Plan {
     return ws + ws_base_[role] + offset_[r];
   }
 
-  // How an instruction (or the accumulator) of role `phase` reads register r.
-  ArgRef<T> arg_ref(int32_t r, int32_t phase, int32_t out_dim, T* ws, int* lane_stride) const {
+  // How an instruction (or the accumulator) of role `phase` reads register r, whose value is
+  // block dot `block` when that is >= 0.
+  ArgRef<T> arg_ref(int32_t r, int32_t phase, int32_t out_dim, T* ws, int* lane_stride,
+                    int32_t block = -1) const {
     const RegisterSpec& reg = prog_.registers[r];
     ArgRef<T> a;
-    if (block_of_reg_[r] >= 0) {  // a row-block dot product (dim 1): row r at r * tile
-      a.base = block_ptr(block_dots_[block_of_reg_[r]], ws);
+    if (block >= 0) {  // a row-block dot product (dim 1): row r at r * tile
+      a.base = block_ptr(block_dots_[block], ws);
       a.row_step = tl_;
       *lane_stride = 1;
       return a;
@@ -540,10 +555,11 @@ class Plan {
         k.out = s.dst;
         k.out_ds = lanes_[phase];
         k.out_dim = s.dim;
-        k.a = arg_ref(ins.args[0], phase, s.dim, ws, &la);
+        const auto& blocks = arg_block_[i];
+        k.a = arg_ref(ins.args[0], phase, s.dim, ws, &la, blocks[0]);
         k.arg_dim = prog_.registers[ins.args[0]].dim;
-        if (ins.args.size() > 1) k.b = arg_ref(ins.args[1], phase, s.dim, ws, &lb);
-        if (ins.args.size() > 2) k.c = arg_ref(ins.args[2], phase, s.dim, ws, &lc);
+        if (ins.args.size() > 1) k.b = arg_ref(ins.args[1], phase, s.dim, ws, &lb, blocks[1]);
+        if (ins.args.size() > 2) k.c = arg_ref(ins.args[2], phase, s.dim, ws, &lc, blocks[2]);
         if (!ins.int_params.empty()) k.ipar = ins.int_params[0];
         if (!prog_.term_tables[i].empty()) {
           k.table = prog_.term_tables[i].data();
@@ -572,29 +588,35 @@ class Plan {
 
   std::vector<ResultRef<T>> results(T* ws) const {
     std::vector<ResultRef<T>> out;
-    for (int32_t r : prog_.results) {
-      ResultRef<T> rr;
-      int ls = 0;
-      rr.dim = prog_.registers[r].dim;
-      rr.ref = arg_ref(r, kPair, rr.dim, ws, &ls);
-      rr.ref.dim_stride = prog_.registers[r].role == kParam ? 1 : lanes_[prog_.registers[r].role];
-      rr.lane_dense = ls == 1;
-      out.push_back(rr);
-    }
+    for (size_t k = 0; k < prog_.results.size(); ++k)
+      out.push_back(result_ref(prog_.results[k], result_block_[k], ws));
     return out;
   }
 
  private:
-  // The pair Scalprods of an outer and an inner register of large dim whose output register no
-  // other instruction writes (register reuse would otherwise make readers ambiguous).
+  ResultRef<T> result_ref(int32_t r, int32_t block, T* ws) const {
+    ResultRef<T> rr;
+    int ls = 0;
+    rr.dim = prog_.registers[r].dim;
+    rr.ref = arg_ref(r, kPair, rr.dim, ws, &ls, block);
+    rr.ref.dim_stride = prog_.registers[r].role == kParam ? 1 : lanes_[prog_.registers[r].role];
+    rr.lane_dense = ls == 1;
+    return rr;
+  }
+
+  // The pair Scalprods of an outer and an inner register of large dim, and which reads see
+  // their values. Registers are reused, so a read sees the latest write of its register in
+  // program order (the pair instructions run in program order).
   void find_block_dots() {
     const auto& ins = prog_.instructions;
-    std::vector<int32_t> writers(prog_.registers.size(), 0);
-    for (const Instruction& i : ins) ++writers[i.out];
+    std::vector<int32_t> current(prog_.registers.size(), -1);  // block dot held, or -1
     is_block_dot_.assign(ins.size(), false);
-    block_of_reg_.assign(prog_.registers.size(), -1);
+    arg_block_.assign(ins.size(), {-1, -1, -1});
     for (size_t i = 0; i < ins.size(); ++i) {
-      if (ins[i].opcode != static_cast<int32_t>(Op::Scalprod) || writers[ins[i].out] != 1 ||
+      for (size_t p = 0; p < ins[i].args.size() && p < 3; ++p)
+        arg_block_[i][p] = current[ins[i].args[p]];
+      current[ins[i].out] = -1;
+      if (ins[i].opcode != static_cast<int32_t>(Op::Scalprod) ||
           prog_.registers[ins[i].out].role != kPair)
         continue;
       int32_t a = ins[i].args[0], b = ins[i].args[1];
@@ -602,20 +624,52 @@ class Plan {
       const RegisterSpec &ra = prog_.registers[a], &rb = prog_.registers[b];
       if (ra.role != kOuter || rb.role != kInner || ra.dim < kBlockDotMinDim) continue;
       is_block_dot_[i] = true;
-      block_of_reg_[ins[i].out] = int32_t(block_dots_.size());
+      current[ins[i].out] = int32_t(block_dots_.size());
       block_dots_.push_back({a, b, ra.dim, int64_t(block_dots_.size())});
     }
+    for (int32_t r : prog_.results) result_block_.push_back(current[r]);
   }
 
-  void find_block_weights() {
-    const int32_t w = prog_.results[1];
-    if (prog_.registers[w].role != kInner || prog_.registers[w].dim < kBlockWeightsMinDim) return;
+  void find_block_weights(WeightsForm form) {
+    const auto& ins = prog_.instructions;
+    auto last_writer = [&](int32_t reg) {
+      int32_t k = -1;
+      for (int32_t i = 0; i < int32_t(ins.size()); ++i)
+        if (ins[i].out == reg) k = i;
+      return k;
+    };
+    if (form == WeightsForm::kResults) {
+      score_reg_ = prog_.results[0];
+      score_block_ = result_block_[0];
+      weights_reg_ = prog_.results[1];
+    } else if (form == WeightsForm::kProduct) {
+      // result = Mult(s, v) or Mult(v, s), read by nothing else (it is then never computed)
+      const int32_t product = last_writer(prog_.results[0]);
+      if (product < 0 || ins[product].opcode != static_cast<int32_t>(Op::Mult)) return;
+      for (const Instruction& i : ins)
+        for (int32_t a : i.args)
+          if (a == ins[product].out) return;
+      const int p = prog_.registers[ins[product].args[0]].dim == 1 ? 0 : 1;
+      score_reg_ = ins[product].args[p];
+      score_block_ = arg_block_[product][p];
+      weights_reg_ = ins[product].args[1 - p];
+      if (prog_.registers[score_reg_].dim != 1) return;
+      skipped_product_ = product;
+    } else {
+      return;
+    }
+    // Scores must differ along the lanes of a row (pair registers, block dots); the weights
+    // must be an inner register, large enough for a matrix product to pay.
+    const bool dense_scores = score_block_ >= 0 || prog_.registers[score_reg_].role == kPair;
+    const RegisterSpec& w = prog_.registers[weights_reg_];
+    if (!dense_scores || w.role != kInner || w.dim < kBlockWeightsMinDim) {
+      skipped_product_ = -1;
+      return;
+    }
     block_weights_ = true;
-    const Instruction* last_writer = nullptr;
-    for (const Instruction& i : prog_.instructions)
-      if (i.out == w) last_writer = &i;
-    if (last_writer && last_writer->opcode == static_cast<int32_t>(Op::Var))
-      block_weights_input_ = last_writer->int_params[0];
+    const int32_t writer = last_writer(weights_reg_);
+    if (writer >= 0 && ins[writer].opcode == static_cast<int32_t>(Op::Var))
+      block_weights_input_ = ins[writer].int_params[0];
   }
 
   const Program& prog_;
@@ -626,8 +680,11 @@ class Plan {
   int64_t ws_size_ = 0;
   std::vector<BlockDot> block_dots_;
   std::vector<bool> is_block_dot_;
-  std::vector<int32_t> block_of_reg_;  // index into block_dots_, -1 if none
+  std::vector<std::array<int32_t, 3>> arg_block_;  // per instruction and argument: block or -1
+  std::vector<int32_t> result_block_;               // per result: block or -1
   bool block_weights_ = false;
+  int32_t score_reg_ = -1, score_block_ = -1, weights_reg_ = -1;
+  int32_t skipped_product_ = -1;  // the kProduct instruction, never run
   int32_t block_weights_input_ = -1;
   std::vector<int64_t> offset_;
   std::vector<int32_t> by_role_[4];
@@ -636,7 +693,7 @@ class Plan {
 
 // ---------------------------------------------------------------- work items
 
-// The weights v of BlockNumerators laid out lane-major ([inner index][e], row stride `stride`,
+// The weights v of BlockWeightedSums laid out lane-major ([inner index][e], row stride `stride`,
 // a multiple of kMatmulColumnMultiple): set when they are an inner input read as is (the input
 // itself, or a padded copy made once per call), else null and each tile is transposed.
 template <class T>
@@ -645,29 +702,31 @@ struct LaneMajorWeights {
   int64_t stride = 0;
 };
 
-// The softmax numerators of a chunk's rows, summed per tile by a matrix product (see
-// kBlockWeightsMinDim): the reducer turns each row's scores into weights exp(S - m) (keeping its
-// maximum and denominator), and N[row][e] = Σ_lane w[row][lane] v[lane][e] is added to the rows
-// that the tile changed.
+// The weighted sums of a chunk's rows (see WeightsForm), one matrix product per tile: the
+// reducer turns each row's scores into coefficients s (exp(S - m) for the softmax kinds, keeping
+// their maximum and denominator), and Σ_lane s[row][lane] v[lane][e] is added to the rows that
+// the tile changed.
 template <class T, class R>
-class BlockNumerators {
+class BlockWeightedSums {
  public:
-  BlockNumerators(const R& red, const ResultRef<T>& weights, LaneMajorWeights<T> lane_major,
-                  int64_t rows, int64_t tile)
-      : red_(red), weights_(weights), lane_major_(lane_major), rows_(rows), tile_(tile),
+  BlockWeightedSums(const R& red, const ResultRef<T>& scores, const ResultRef<T>& weights,
+                    LaneMajorWeights<T> lane_major, int64_t rows, int64_t tile)
+      : red_(red), scores_(scores), weights_(weights), lane_major_(lane_major), rows_(rows),
+        tile_(tile),
         e_pad_(round_up(weights.dim, kMatmulColumnMultiple<T>)),
         w_(alloc_aligned<T>(rows * tile)), sums_(alloc_aligned<T>(rows * e_pad_)),
         changed_(rows) {
     if (!lane_major_.data) v_ = alloc_aligned<T>(tile * e_pad_);
   }
 
-  // Row r's scores for the current tile (n_valid lanes).
-  void scores(double* state, int64_t r, const T* s, int64_t n_valid) {
+  // Row r's scores for the current tile (n_valid lanes), once its pair instructions ran.
+  void row(double* state, int64_t r, int64_t n_valid) {
+    const T* s = scores_.ref.base + r * scores_.ref.row_step;
     changed_[r] = red_.tile_weights(state, s, n_valid, w_.get() + r * tile_);
   }
 
-  // After the tile's rows (inner indices t0...): the numerators of every row (states row-major,
-  // S doubles each).
+  // After the tile's rows (inner indices t0...): the sums of every row (states row-major, S
+  // doubles each).
   void finish_tile(double* states, int64_t S, int64_t t0, int64_t n_valid) {
     const T* v = lane_major_.data + t0 * lane_major_.stride;
     int64_t v_stride = lane_major_.stride;
@@ -688,7 +747,7 @@ class BlockNumerators {
 
  private:
   const R& red_;
-  const ResultRef<T>& weights_;
+  ResultRef<T> scores_, weights_;
   LaneMajorWeights<T> lane_major_;
   int64_t rows_, tile_, e_pad_;
   std::unique_ptr<T[], FreeDeleter> w_, v_, sums_;
@@ -721,10 +780,11 @@ void run_item(const Plan<T>& plan, const R& red, const T* const* inputs,
       if (!results[k].lane_dense) scratch[k] = alloc_aligned<T>(int64_t(results[k].dim) * TL);
   std::vector<ResultView<T>> views(results.size());
 
-  std::unique_ptr<BlockNumerators<T, R>> numerators;
+  std::unique_ptr<BlockWeightedSums<T, R>> weighted_sums;
   if constexpr (HasTileWeights<R>::value)
     if (plan.block_weights())
-      numerators = std::make_unique<BlockNumerators<T, R>>(red, results[1], lane_major, rows, TL);
+      weighted_sums = std::make_unique<BlockWeightedSums<T, R>>(
+          red, plan.block_scores(ws), plan.block_weights_ref(ws), lane_major, rows, TL);
 
   // Outer instructions for the chunk (lanes = rows).
   for (const Step<T>& s : outer) {
@@ -757,6 +817,12 @@ void run_item(const Plan<T>& plan, const R& red, const T* const* inputs,
                    plan.block_ptr(b, ws), TL, rows, L);
     for (int64_t r = 0; r < rows; ++r) {
       for (const Step<T>& s : pair) s.k.fn(s.k, r, L);
+      if constexpr (HasTileWeights<R>::value) {
+        if (weighted_sums) {
+          weighted_sums->row(states + r * S, r, nv);
+          continue;
+        }
+      }
       for (size_t k = 0; k < results.size(); ++k) {
         const ResultRef<T>& rr = results[k];
         views[k].ptr = rr.ref.base + r * rr.ref.row_step;
@@ -769,19 +835,13 @@ void run_item(const Plan<T>& plan, const R& red, const T* const* inputs,
           views[k].dim_stride = TL;
         }
       }
-      if constexpr (HasTileWeights<R>::value) {
-        if (numerators) {
-          numerators->scores(states + r * S, r, views[0].ptr, nv);
-          continue;
-        }
-      }
       if (all_bcast)
         red.template accumulate<0, T>(states + r * S, views.data(), nv, t0);
       else
         red.template accumulate<1, T>(states + r * S, views.data(), nv, t0);
     }
     if constexpr (HasTileWeights<R>::value)
-      if (numerators) numerators->finish_tile(states, S, t0, nv);
+      if (weighted_sums) weighted_sums->finish_tile(states, S, t0, nv);
   }
 }
 
@@ -886,7 +946,7 @@ bool run(const Program& prog, const T* const* inputs, int64_t n_outer, int64_t n
     return true;
   }
 
-  Plan<T> plan(prog, n_outer, HasTileWeights<R>::value);
+  Plan<T> plan(prog, n_outer, weights_form<R>());
   plan.run_params(inputs);
   const int64_t RC = plan.row_chunk();
   const int64_t TL = plan.tile();
