@@ -111,11 +111,12 @@ template <class T>
 void small_matmul(const T* a, int64_t a_row, int64_t a_k, const T* b, int64_t b_k, int64_t K,
                   T* c, int64_t c_row, int64_t rows, int64_t cols) {
   constexpr int64_t W = kSimdLanes<T>;
-  for (int64_t r0 = 0; r0 < rows; r0 += detail::kBlockRows) {
-    const int nr = int(rows - r0 < detail::kBlockRows ? rows - r0 : detail::kBlockRows);
-    for (int64_t c0 = 0; c0 < cols; c0 += detail::kBlockVecs * W) {
-      const int64_t left = (cols - c0) / W;
-      const int nv = int(left < detail::kBlockVecs ? left : detail::kBlockVecs);
+  // Column strips outermost: a strip of B (K × 4 vectors) stays in L1 for every row block.
+  for (int64_t c0 = 0; c0 < cols; c0 += detail::kBlockVecs * W) {
+    const int64_t left = (cols - c0) / W;
+    const int nv = int(left < detail::kBlockVecs ? left : detail::kBlockVecs);
+    for (int64_t r0 = 0; r0 < rows; r0 += detail::kBlockRows) {
+      const int nr = int(rows - r0 < detail::kBlockRows ? rows - r0 : detail::kBlockRows);
       detail::block_for<T>(nr, nv)(a + r0 * a_row, a_row, a_k, b + c0, b_k, K,
                                    c + r0 * c_row + c0, c_row);
     }
