@@ -8,10 +8,14 @@ import datetime
 import os
 import platform
 
-import jax
+# pykeops' OpenMP workers otherwise spin for a while after each call, taking the cores from
+# the candidate timed next (the candidates alternate); set before pykeops is first imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from jaxkeops.benchmarks.cases import BENCHMARKS
-from jaxkeops.benchmarks.harness import compare, report
+import jax  # noqa: E402
+
+from jaxkeops.benchmarks.cases import BENCHMARKS  # noqa: E402
+from jaxkeops.benchmarks.harness import compare, report  # noqa: E402
 
 
 def _cpu_name() -> str:

@@ -328,11 +328,12 @@ def _run_native(source: str, args, flags) -> str | None:
                               check=True).stdout
 
 
-def fma_peak() -> float | None:
-    """The float32 FMA rate of all this process's cores together (G FMA/s), or None."""
+def fma_peak(tries: int = 3) -> float | None:
+    """The float32 FMA rate of all this process's cores together (G FMA/s, the best of a few
+    tries: other work on a shared machine only lowers it), or None without g++."""
     import os
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    out = _run_native("fma_peak.cc", [threads], ["-O2"])
+    out = _run_native("fma_peak.cc", [threads, tries], ["-O2"])
     return None if out is None else float(out)
 
 
