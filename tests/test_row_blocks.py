@@ -176,6 +176,9 @@ def test_sum_of_scalar_times_vector(rng, M, N, E, dtype):
     K = np.exp(q.astype(np.float64) @ k.T.astype(np.float64))
     out = (Vj(v) * (Vi(q) | Vj(k)).exp()).sum(axis=1)
     assert_close(out, K @ v64, dtype, rtol32=1e-5, scale=K @ np.abs(v64))
+    K = q.astype(np.float64) @ k.T.astype(np.float64)  # the block dot itself as the scalar
+    out = ((Vi(q) | Vj(k)) * Vj(v)).sum(axis=1)
+    assert_close(out, K @ v64, dtype, rtol32=1e-5, scale=np.abs(K) @ np.abs(v64))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
