@@ -496,8 +496,6 @@ class Plan {
   int64_t row_chunk() const { return rc_; }
   int64_t outer_lanes() const { return lanes_[kOuter]; }
   int64_t workspace_size() const { return ws_size_; }
-  int32_t role(int32_t reg) const { return prog_.registers[reg].role; }
-  const std::vector<int32_t>& results_registers() const { return prog_.results; }
   const std::vector<BlockDot>& block_dots() const { return block_dots_; }
   bool block_weights() const { return block_weights_; }
   // The scores and weights of the block weighted sums (see WeightsForm), read as results are.
