@@ -271,7 +271,8 @@ struct ExpSumReducer {
   // For executors that sum the weighted numerators themselves (the CPU executor's row-block
   // path, a matrix product over the rows of a chunk): the rest of accumulate for a tile of
   // n_valid lane-dense scores. Writes the weights w[l] = exp(S_l - m) and returns true when the
-  // tile adds to the numerators, which add_numerators then receives as Σ_l w_l v_l (e_ values).
+  // tile adds to the numerators, which add_numerators then receives as Σ_l w_l v_l (e_ values);
+  // when false, w is left as it was.
   template <class T>
   bool tile_weights(double* state, const T* s, int64_t n_valid, T* w) const {
     static_assert(kWeighted, "only the weighted kinds have numerators");
@@ -279,7 +280,8 @@ struct ExpSumReducer {
     const T shift = static_cast<T>(state[0]);
 #pragma omp simd
     for (int64_t l = 0; l < n_valid; ++l) w[l] = fast_exp(static_cast<T>(s[l] - shift));
-    if constexpr (kDenominator) state[1] += detail::lane_sum(n_valid, [w](int64_t l) { return w[l]; });
+    if constexpr (kDenominator)
+      state[1] += detail::lane_sum(n_valid, [w](int64_t l) { return w[l]; });
     return true;
   }
 
