@@ -29,16 +29,30 @@ _HALF_DTYPES = (np.dtype(jnp.float16), np.dtype(jnp.bfloat16))
 
 
 class _Variable:
-    """An array standing for one variable; shared by identity between combined LazyTensors."""
+    """An array standing for one variable; shared by identity between combined LazyTensors.
 
-    __slots__ = ("array", "cat")
+    `weak` marks a weakly typed scalar (a Python number given to Pm, a weakly typed jax scalar,
+    a NumPy scalar): as in jnp, it takes the dtype of the strongly typed operands."""
 
-    def __init__(self, array, cat: int):
+    __slots__ = ("array", "cat", "weak")
+
+    def __init__(self, array, cat: int, weak: bool = False):
         self.array = array  # (n, dim) for i/j variables, (dim,) for parameters
         self.cat = cat
+        self.weak = weak
 
     def same_as(self, other: "_Variable") -> bool:
         return self.array is other.array and self.cat == other.cat
+
+
+def _is_weak_scalar(x) -> bool:
+    """A scalar that follows the other operands' dtype: weakly typed, or a NumPy scalar."""
+    if isinstance(x, np.generic):
+        return True
+    try:
+        return bool(jax.typeof(x).weak_type) and np.size(x) == 1
+    except TypeError:
+        return False
 
 
 def _is_array(x) -> bool:
@@ -94,6 +108,7 @@ class LazyTensor:
                 f"LazyTensor(x): x is a {type(x).__name__}; expected a jax or NumPy array "
                 "or a Python number"
             )
+        weak = _is_weak_scalar(x)
         x = jnp.asarray(x)
         what = f"LazyTensor argument of shape {tuple(x.shape)}"
         _check_float_dtype(x, what)
@@ -120,7 +135,7 @@ class LazyTensor:
             )
         if array.shape[-1] == 0:
             raise ValueError(f"{what}: the feature dimension D must be at least 1")
-        self.variables = (_Variable(array, cat),)
+        self.variables = (_Variable(array, cat, weak and cat == CAT_P),)
         if cat == CAT_I:
             self.ni = int(array.shape[-2])
         elif cat == CAT_J:
@@ -316,7 +331,17 @@ class LazyTensor:
         return self._unary("Round", (int(d),))
 
     # Comparisons give 0 or 1 (KeOps' Equal, NotEqual, LessThan, LessOrEqual; > and >= swap).
-    __hash__ = object.__hash__  # defining __eq__ would otherwise drop it
+    # `K == L` is a symbolic matrix, so a LazyTensor has no truth value and no hash (as jax
+    # arrays): no cache (jit's static arguments) or `if` can mistake a formula for True. It is
+    # a pytree instead: pass it to jit as an ordinary argument.
+    __hash__ = None
+
+    def __bool__(self):
+        raise TypeError(
+            "the truth value of a LazyTensor is ambiguous: it is a symbolic (M, N) matrix "
+            "(`K == L` builds the 0/1 matrix Equal(K, L)); reduce it first, e.g. "
+            "`(K == L).sum(axis=1)`"
+        )
 
     def __eq__(self, other):
         return self._binary(other, "Equal")
@@ -563,17 +588,10 @@ class LazyTensor:
                 f"{method}: this LazyTensor has no variable: reductions need at least one "
                 "array operand"
             )
-        dtypes = {np.dtype(x.dtype) for x in operands}
-        if len(dtypes) > 1:
-            seen = ", ".join(
-                f"Var({k}) {CAT_NAMES[v.cat]} {np.dtype(v.array.dtype)}"
-                for k, v in enumerate(self.variables)
-            )
-            raise TypeError(
-                f"the variables of one formula must share a dtype (cast them explicitly); "
-                f"got {seen}"
-            )
-        (dtype,) = dtypes
+        dtype = self._dtype()
+        if dtype is None:  # only weakly typed scalars: jnp's promotion among them
+            dtype = np.dtype(jnp.result_type(*operands))
+        operands = [x.astype(dtype) if v.weak else x for v, x in zip(self.variables, operands)]
         if dtype in _HALF_DTYPES:  # computed and accumulated in float32
             operands = [x.astype(jnp.float32) for x in operands]
         # An axis without a variable has size 1; an empty one (0) stays empty.
@@ -711,7 +729,20 @@ class LazyTensor:
     # --- linear algebra: K @ v, transposition, solve ------------------------------------------
 
     def _dtype(self):
-        return np.dtype(self.variables[0].array.dtype) if self.variables else None
+        """The dtype shared by the strongly typed variables (weak scalars follow it); None when
+        every variable is weak. Raises when the strong ones disagree."""
+        dtypes = {np.dtype(v.array.dtype) for v in self.variables if not v.weak}
+        if len(dtypes) > 1:
+            seen = ", ".join(
+                f"Var({k}) {CAT_NAMES[v.cat]} {np.dtype(v.array.dtype)}"
+                + (" (weak)" if v.weak else "")
+                for k, v in enumerate(self.variables)
+            )
+            raise TypeError(
+                f"the variables of one formula must share a dtype (cast them explicitly); "
+                f"got {seen}"
+            )
+        return dtypes.pop() if dtypes else None
 
     def __matmul__(self, v):
         """`K @ v` for a scalar K (M, N) and v shaped (N,) or (N, E): the Sum reduction over j of
@@ -754,7 +785,7 @@ class LazyTensor:
     def t(self) -> "LazyTensor":
         """The transposed symbolic matrix: i variables become j variables and vice versa."""
         swap = {CAT_I: CAT_J, CAT_J: CAT_I, CAT_P: CAT_P}
-        variables = [_Variable(v.array, swap[v.cat]) for v in self.variables]
+        variables = [_Variable(v.array, swap[v.cat], v.weak) for v in self.variables]
         formula = substitute(
             self.formula,
             lambda leaf: Var(leaf.index, leaf.dim, swap[leaf.cat])
@@ -821,7 +852,7 @@ class LazyTensor:
             raise ValueError(f"solve: maxiter={maxiter!r}; expected an integer >= 0 or None")
 
         a, info = _jitted_ridge_solve(
-            tuple(v.array for v in operator.variables),
+            tuple(v.array.astype(dtype) if v.weak else v.array for v in operator.variables),
             rhs.reshape(rhs.shape[0], -1),
             jnp.asarray(alpha, dtype),
             formula=operator.formula,
@@ -858,6 +889,35 @@ def _check_alpha(alpha, dtype: np.dtype, where: str = "solve"):
     if not getattr(alpha, "weak_type", False) and np.dtype(alpha.dtype) != dtype:
         raise TypeError(f"{where}: alpha has dtype {alpha.dtype}; expected {dtype} like K")
     return alpha.reshape(()).astype(dtype)
+
+
+# --- LazyTensor as a pytree: the arrays are the leaves, the formula and categories static -------
+
+
+def _flatten_lazy_tensor(lt: LazyTensor):
+    aux = (lt.formula, tuple(v.cat for v in lt.variables), tuple(v.weak for v in lt.variables))
+    return tuple(v.array for v in lt.variables), aux
+
+
+def _unflatten_lazy_tensor(aux, leaves) -> LazyTensor:
+    formula, cats, weak = aux
+    out = LazyTensor()
+    out.formula = formula
+    out.variables = tuple(_Variable(x, c, w) for x, c, w in zip(leaves, cats, weak))
+    # Sizes are read off the leaves (under vmap a leaf has lost its mapped axis); JAX may also
+    # unflatten placeholders that are not arrays, which get no sizes.
+    if all(hasattr(v.array, "shape") and len(v.array.shape) >= (1 if v.cat == CAT_P else 2)
+           for v in out.variables):
+        for v in out.variables:
+            if v.cat == CAT_I:
+                out.ni = int(v.array.shape[-2])
+            elif v.cat == CAT_J:
+                out.nj = int(v.array.shape[-2])
+        out.batch_shape = _broadcast_batch_shapes(out.variables)
+    return out
+
+
+jax.tree_util.register_pytree_node(LazyTensor, _flatten_lazy_tensor, _unflatten_lazy_tensor)
 
 
 def _variable_batch_shape(array, cat: int) -> tuple[int, ...]:
@@ -902,9 +962,11 @@ def _from_2d(x, axis: int, name: str) -> LazyTensor:
 def Pm(p) -> LazyTensor:
     """A parameter (an operand, not a constant: traced values stay differentiable) from a
     number, a 0-d or a 1-d array."""
-    if isinstance(p, numbers.Number) and not _is_array(p):
-        p = jnp.asarray(p, dtype=jnp.result_type(float))
-    p = jnp.asarray(p)
+    python_number = isinstance(p, numbers.Number) and not _is_array(p)
+    weak = python_number or _is_weak_scalar(p)  # takes the dtype of the other operands
+    p = jnp.asarray(float(p) if python_number else p)
     if p.ndim > 1:
         raise ValueError(f"Pm(p): p has shape {p.shape}; expected a number, 0-d or 1-d array")
-    return LazyTensor(p.reshape(-1))
+    out = LazyTensor(p.reshape(-1))
+    out.variables = (_Variable(out.variables[0].array, CAT_P, weak),)
+    return out

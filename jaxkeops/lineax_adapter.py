@@ -12,6 +12,7 @@ lineax is imported when the adapter is first called, never by `import jaxkeops`.
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -56,7 +57,7 @@ def lineax_operator(K, *, alpha=0.0, symmetric: bool = False,
         raise ValueError(
             f"lineax_operator: alpha·I + K needs a square K; K has shape {K.shape}"
         )
-    dtype = np.dtype(K.variables[0].array.dtype)
+    dtype = K._dtype() or np.dtype(jnp.result_type(*(v.array for v in K.variables)))
     alpha = _check_alpha(alpha, dtype, "lineax_operator")
     tags = []
     if symmetric:
