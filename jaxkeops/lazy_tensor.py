@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import math
 import numbers
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +21,7 @@ from jaxkeops.formula import CAT_I, CAT_J, CAT_NAMES, CAT_P, Const, Node, Var, s
 from jaxkeops.ops import apply_op, tensordot_params
 from jaxkeops.primitive import keops_reduce
 from jaxkeops.reductions import check_reduction
-from jaxkeops.solve import default_maxiter, ridge_solve
+from jaxkeops.solve import CONVERGED, STATUS_NAMES, SolveInfo, default_maxiter, ridge_solve
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 # Half-precision inputs are computed (and accumulated) in float32; results come back in the
@@ -811,6 +812,12 @@ class LazyTensor:
         respect to b, alpha and everything K depends on) by implicit differentiation: every
         derivative is another solve. Returns a shaped like b, and with `return_info=True` the
         pair (a, jaxkeops.SolveInfo) (iterations done, relative residual and status per column).
+        Without return_info, a solve that did not converge warns (RuntimeWarning, from a host
+        callback that runs only then under jit).
+
+        With batch dims B (K shaped (*B, M, M)), b is shaped (*B, M) or (*B, M, E), each batch
+        dim equal to K's or 1; the systems are solved together (one kernel call per iteration)
+        and the info fields get the batch dims in front.
         """
         operator, rhs = self, b
         if isinstance(b, LazyTensor):
@@ -833,11 +840,20 @@ class LazyTensor:
             raise ValueError(f"solve: K has shape {self.shape}; expected a square matrix (M, M)")
         # A K with no i (or j) variable is constant along that axis: its size comes from b.
         n = operator.ni if operator.ni is not None else operator.nj
-        if rhs.ndim not in (1, 2) or (n is not None and rhs.shape[0] != n) or rhs.size == 0:
-            expected = "(M,) or (M, E)" if n is None else f"({n},) or ({n}, E)"
+        k = len(operator.batch_shape)
+        vector = rhs.ndim == k + 1
+        if (
+            rhs.ndim not in (k + 1, k + 2)
+            or (n is not None and rhs.shape[k] != n)
+            or rhs.size == 0
+            or any(d not in (1, full) for d, full in zip(rhs.shape[:k], operator.batch_shape))
+        ):
+            size = "M" if n is None else str(n)
+            batch = "".join(f"{d}, " for d in operator.batch_shape)
             raise ValueError(
-                f"solve: b has shape {tuple(rhs.shape)}; expected {expected} for K of shape "
-                f"{self.shape} (batch dimensions are not supported yet)"
+                f"solve: b has shape {tuple(rhs.shape)}; expected ({batch}{size},) or "
+                f"({batch}{size}, E) for K of shape {self.shape}"
+                + (" (batch dims equal to K's or 1)" if k else "")
             )
         _check_float_dtype(rhs, f"solve: b of shape {tuple(rhs.shape)}")
         dtype = np.dtype(rhs.dtype)
@@ -847,32 +863,80 @@ class LazyTensor:
         if not isinstance(eps, numbers.Real) or not eps >= 0:
             raise ValueError(f"solve: eps={eps!r}; expected a real number >= 0")
         if maxiter is None:
-            maxiter = default_maxiter(rhs.shape[0])
+            maxiter = default_maxiter(rhs.shape[k])
         if not isinstance(maxiter, numbers.Integral) or isinstance(maxiter, bool) or maxiter < 0:
             raise ValueError(f"solve: maxiter={maxiter!r}; expected an integer >= 0 or None")
 
+        arrays = operator._batched_operands()
         a, info = _jitted_ridge_solve(
-            tuple(v.array.astype(dtype) if v.weak else v.array for v in operator.variables),
-            rhs.reshape(rhs.shape[0], -1),
+            tuple(x.astype(dtype) if v.weak else x for v, x in zip(operator.variables, arrays)),
+            rhs[..., None] if vector else rhs,
             jnp.asarray(alpha, dtype),
             formula=operator.formula,
             cats=tuple(v.cat for v in operator.variables),
-            n=int(rhs.shape[0]),
+            n=int(rhs.shape[k]),
+            batch_shape=tuple(np.broadcast_shapes(operator.batch_shape, rhs.shape[:k])),
             eps=float(eps),
             maxiter=int(maxiter),
         )
-        if rhs.ndim == 1:
-            a, info = a.reshape(-1), info._replace(residual=info.residual[0],
-                                                   status=info.status[0])
+        if vector:
+            a, info = a[..., 0], info._replace(residual=info.residual[..., 0],
+                                               status=info.status[..., 0])
+        if not return_info:
+            warn_unless_converged(info.status)
         return (a, info) if return_info else a
 
 
-@functools.partial(jax.jit, static_argnames=("formula", "cats", "n", "eps", "maxiter"))
-def _jitted_ridge_solve(arrays, b, alpha, *, formula, cats, n, eps, maxiter):
-    """`ridge_solve` for the (n, n) LazyTensor (formula, arrays): jitted, so that eager calls with
-    the same formula and shapes reuse one compiled CG loop instead of tracing a new one each time."""
-    K = LazyTensor._make(formula, [_Variable(x, c) for x, c in zip(arrays, cats)], n, n)
-    return ridge_solve(K.__matmul__, b, alpha, eps=eps, maxiter=maxiter)
+@functools.partial(jax.jit,
+                   static_argnames=("formula", "cats", "n", "batch_shape", "eps", "maxiter"))
+def _jitted_ridge_solve(arrays, b, alpha, *, formula, cats, n, batch_shape, eps, maxiter):
+    """`ridge_solve` for the (*batch_shape, n, n) LazyTensor (formula, arrays) and b shaped
+    (*batch, n, E), batch dims equal to batch_shape or 1: jitted, so that eager calls with the
+    same formula and shapes reuse one compiled CG loop instead of tracing a new one each time.
+    Batched systems are vmapped: one kernel call per CG iteration for the whole batch."""
+
+    def solve_one(arrays, b):
+        K = LazyTensor._make(formula, [_Variable(x, c) for x, c in zip(arrays, cats)], n, n)
+        return ridge_solve(K.__matmul__, b, alpha, eps=eps, maxiter=maxiter)
+
+    if not batch_shape:
+        return solve_one(arrays, b)
+    k, size = len(batch_shape), math.prod(batch_shape)
+
+    def flatten_batch(x):
+        """(size, ...) and vmap axis 0, or (...) and None where x is broadcast (all 1s)."""
+        if all(d == 1 for d in x.shape[:k]):
+            return x.reshape(x.shape[k:]), None
+        x = jnp.broadcast_to(x, batch_shape + x.shape[k:])
+        return x.reshape((size,) + x.shape[k:]), 0
+
+    flat_arrays, array_axes = zip(*map(flatten_batch, arrays)) if arrays else ((), ())
+    flat_b, _ = flatten_batch(jnp.broadcast_to(b, batch_shape + b.shape[k:]))
+    a, info = jax.vmap(solve_one, in_axes=(tuple(array_axes), 0))(tuple(flat_arrays), flat_b)
+    unflatten = lambda x: x.reshape(batch_shape + x.shape[1:])  # noqa: E731
+    return unflatten(a), SolveInfo(*(unflatten(x) for x in info))
+
+
+def warn_unless_converged(status) -> None:
+    """Warn from the host when a solve whose info the caller did not ask for did not converge
+    (under jit only then; under vmap the host sees every status and still warns only then)."""
+
+    def report(status):
+        status = np.asarray(status)
+        failed = status != CONVERGED
+        if failed.any():
+            reasons = ", ".join(sorted({STATUS_NAMES[int(s)] for s in status[failed]}))
+            warnings.warn(
+                f"jaxkeops solve: {int(failed.sum())} of {status.size} system column(s) did not "
+                f"converge ({reasons}); the returned solution is not accurate. Pass "
+                "return_info=True to get a jaxkeops.SolveInfo (iterations, residual, status per "
+                "column) and handle it, or raise maxiter / eps.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
+    jax.lax.cond(jnp.any(status != CONVERGED),
+                 lambda s: jax.debug.callback(report, s), lambda s: None, status)
 
 
 def _check_alpha(alpha, dtype: np.dtype, where: str = "solve"):

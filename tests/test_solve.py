@@ -360,3 +360,78 @@ def test_lineax_operator(rng):
     np.testing.assert_allclose(rect.mv(v), gauss_dense(x, x[:7], s) @ v, rtol=1e-12)
     with pytest.raises(ValueError, match=r"square"):
         lineax_operator(gauss(x, x[:7], s), alpha=1.0)
+
+
+# --- solve with batch dims, and the non-convergence warning ------------------------------------
+
+
+def _batched_gauss(x, s):
+    """K of shape (*B, M, M) from x shaped (*B, M, D) and a scale s shaped (*B', 1, 1, 1)."""
+    xi = LazyTensor(x[..., :, None, :])
+    xj = LazyTensor(x[..., None, :, :])
+    return (-((xi - xj) ** 2).sum(-1) / LazyTensor(s)).exp()
+
+
+@pytest.mark.parametrize("vector", [True, False])
+def test_batched_solve_matches_numpy_per_batch(rng, vector):
+    B, M, D, E = (2, 3), 23, 3, 4
+    x = rng.standard_normal(B + (M, D))
+    s = rng.uniform(0.5, 2.0, (2, 1, 1, 1, 1))  # broadcast over the second batch dim
+    b = rng.standard_normal((2, 1, M) if vector else (1, 3, M, E))  # broadcast batch dims too
+    K = _batched_gauss(x, s)
+    assert K.shape == B + (M, M)
+    a, info = K.solve(b, alpha=0.3, eps=1e-12, return_info=True)
+    assert a.shape == B + ((M,) if vector else (M, E))
+    assert info.status.shape == B + (() if vector else (E,))
+    assert bool(info.converged)
+    for p in range(B[0]):
+        for q in range(B[1]):
+            d2 = ((x[p, q][:, None] - x[p, q][None]) ** 2).sum(-1)
+            dense = 0.3 * np.eye(M) + np.exp(-d2 / s[p, 0, 0, 0, 0])
+            rhs = b[p, 0] if vector else b[0, q]
+            np.testing.assert_allclose(a[p, q], np.linalg.solve(dense, rhs), rtol=1e-7, atol=1e-9)
+
+
+def test_batched_solve_gradient(rng):
+    B, M = 3, 11
+    x = rng.standard_normal((B, M, 2))
+    b = rng.standard_normal((B, M))
+    s = np.ones((1, 1, 1, 1))
+
+    def loss(b):
+        return (_batched_gauss(x, s).solve(b, alpha=0.5, eps=1e-12) ** 2).sum()
+
+    g = jax.grad(loss)(b)
+    for p in range(B):
+        A = 0.5 * np.eye(M) + np.exp(-((x[p][:, None] - x[p][None]) ** 2).sum(-1))
+        a = np.linalg.solve(A, b[p])
+        np.testing.assert_allclose(g[p], 2 * np.linalg.solve(A, a), rtol=1e-6)
+
+
+def test_batched_solve_bad_shapes(rng):
+    K = _batched_gauss(rng.standard_normal((2, 5, 3)), np.ones((1, 1, 1, 1)))
+    with pytest.raises(ValueError, match=r"b has shape \(5,\); expected \(2, 5,\) or \(2, 5, E\)"):
+        K.solve(np.ones(5))
+    with pytest.raises(ValueError, match="batch dims equal to K's or 1"):
+        K.solve(np.ones((3, 5)))
+
+
+def test_unconverged_solve_warns_unless_info_is_asked(rng):
+    M = 17
+    x = rng.standard_normal((M, 2))
+    K = gauss(x, x, np.ones(1))
+    b = rng.standard_normal(M)
+    with pytest.warns(RuntimeWarning, match="did not converge.*not positive definite.*"
+                                            "return_info=True"):
+        a = K.solve(b, alpha=-5.0)  # indefinite: alpha·I + K has negative eigenvalues
+        jax.block_until_ready(a)
+        jax.effects_barrier()
+    with pytest.warns(RuntimeWarning, match="maximum number of iterations"):
+        jax.block_until_ready(jax.jit(lambda b: K.solve(b, alpha=1e-3, maxiter=2))(b))
+        jax.effects_barrier()
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # converged, or info asked for: no warning
+        jax.block_until_ready(K.solve(b, alpha=1.0))
+        jax.block_until_ready(K.solve(b, alpha=-5.0, return_info=True))
+        jax.effects_barrier()
