@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxkeops.formula import CAT_I, CAT_J, CAT_NAMES, CAT_P, Const, Node, Var, substitute
-from jaxkeops.ops import apply_op, tensordot_params
+from jaxkeops.ops import MAX_DIM, apply_op, tensordot_params
 from jaxkeops.primitive import keops_reduce
 from jaxkeops.reductions import check_reduction
 from jaxkeops.solve import CONVERGED, STATUS_NAMES, SolveInfo, default_maxiter, ridge_solve
@@ -136,6 +136,11 @@ class LazyTensor:
             )
         if array.shape[-1] == 0:
             raise ValueError(f"{what}: the feature dimension D must be at least 1")
+        if array.shape[-1] > MAX_DIM:
+            raise ValueError(
+                f"{what}: the feature dimension D = {array.shape[-1]} exceeds the limit of "
+                f"{MAX_DIM} of the kernels"
+            )
         self.variables = (_Variable(array, cat, weak and cat == CAT_P),)
         if cat == CAT_I:
             self.ni = int(array.shape[-2])
@@ -415,6 +420,7 @@ class LazyTensor:
 
     def _feature_axis(self, axis, dim, method: str) -> bool:
         """Whether a min/max/argmin/argmax call is over the feature axis (a new LazyTensor)."""
+        _check_axis_type(method, axis=axis, dim=dim)
         axis = axis if dim is None else dim
         return axis in (-1, len(self.batch_shape) + 2)
 
@@ -557,6 +563,7 @@ class LazyTensor:
 
     def _reduction_axis(self, axis, dim, method: str) -> int:
         """0 (over i) or 1 (over j), from KeOps' axis: with k batch dims, k means i, k+1 j."""
+        _check_axis_type(method, axis=axis, dim=dim)
         if dim is not None:
             if axis is not None and axis != dim:
                 raise ValueError(f"{method}: axis={axis} and dim={dim} disagree")
@@ -982,6 +989,14 @@ def _unflatten_lazy_tensor(aux, leaves) -> LazyTensor:
 
 
 jax.tree_util.register_pytree_node(LazyTensor, _flatten_lazy_tensor, _unflatten_lazy_tensor)
+
+
+def _check_axis_type(method: str, **axes) -> None:
+    """axis= / dim= must be ints (or None): 1.0 or True are not axes."""
+    for name, value in axes.items():
+        if value is not None and (not isinstance(value, numbers.Integral)
+                                  or isinstance(value, bool)):
+            raise TypeError(f"{method}: {name} is {value!r}; expected an int")
 
 
 def _variable_batch_shape(array, cat: int) -> tuple[int, ...]:

@@ -92,6 +92,9 @@ def _int_power(x, n):
     return x ** n if n >= 0 else 1.0 / (x ** (-n))
 
 
+# Largest dimension of a variable or a formula (kMaxDim in src/program.h).
+MAX_DIM = 1 << 16
+
 # --- the table ---------------------------------------------------------------------------------
 # Opcodes 0 and 1 are the leaves (Var, Const), handled by the compiler, not listed here.
 OPCODE_VAR = 0
@@ -231,7 +234,13 @@ _register("Sqrt", 9, 1, _same_dim, lambda a, p: jnp.sqrt(a),
           jvp=lambda node, t: op_node("Divide", t[0], op_node("Mult", _const(2.0), node)))
 _register("Square", 10, 1, _same_dim, lambda a, p: a * a,
           jvp=lambda node, t: mul_tangent(op_node("Mult", _const(2.0), node.args[0]), t[0]))
-_register("Pow", 11, 1, _same_dim, lambda a, p: _int_power(a, p[0]),
+def _pow_dim(dims, params):
+    (n,) = params
+    _check_int("Pow", "the integer exponent", n, -(2**31 - 1), 2**31 - 1)  # an int32 param
+    return dims[0]
+
+
+_register("Pow", 11, 1, _pow_dim, lambda a, p: _int_power(a, p[0]),
           lambda a, p: f"Pow({a[0]},{p[0]})", jvp=_pow_jvp)
 _register("Powf", 12, 2, _broadcast_dims("Powf"), lambda a, b, p: jnp.exp(b * jnp.log(a)),
           jvp=_powf_jvp)
@@ -350,7 +359,7 @@ def _unpack_tensordot(params):
     return (*parts, tuple(rest))  # dimfa, dimfb, contfa, contfb, perm
 
 
-def _tensordot_labels(params):
+def tensordot_labels(params):
     """Einsum labels of TensorDot: a's axes, b's axes, the output's axes, and each label's size.
 
     Contracted axis contfb[k] of b shares the label of axis contfa[k] of a. The kept axes are a's
@@ -396,19 +405,30 @@ def _tensordot_dim(dims, params):
             f"TensorDot: perm={list(perm)} is not a permutation of the "
             f"{na + nb - 2 * nc} kept axes"
         )
-    la, lb, lout, size = _tensordot_labels(params)
+    la, lb, lout, size = tensordot_labels(params)
     return _prod(size[l] for l in lout)
 
 
 # --- jnp references ---
 
-def _keops_round(a, p):
+def _round_half_away(y):
     # C's round(): halves away from zero (jnp.round rounds halves to even).
-    d = p[0]
-    y = a if d == 0 else a * (10.0 ** d)
     t = jnp.trunc(y)
-    r = jnp.where(jnp.abs(y - t) >= 0.5, t + jnp.sign(y), t)
-    return r if d == 0 else r / (10.0 ** d)
+    return jnp.where(jnp.abs(y - t) >= 0.5, t + jnp.sign(y), t)
+
+
+def _keops_round(a, p):
+    """Round to d decimals, as src/ops.h round_decimals: 10^d in a's dtype; a value already
+    integral at that scale (|a 10^d| >= 1/eps, overflow included) is kept as it is."""
+    d = p[0]
+    if d == 0:
+        return _round_half_away(a)
+    scale = jnp.asarray(10.0 ** d, a.dtype)
+    y = a * scale
+    integral = 1.0 / jnp.finfo(a.dtype).eps
+    kept = ~((y < integral) & (y > -integral))
+    rounded = jnp.where(scale == 0, a * 0, _round_half_away(y) / jnp.where(scale == 0, 1, scale))
+    return jnp.where(kept, a, rounded)
 
 
 def _one_hot(a, p):
@@ -429,7 +449,7 @@ def _concat(a, b, p):
 
 
 def _tensordot(a, b, p):
-    la, lb, lout, size = _tensordot_labels(p)
+    la, lb, lout, size = tensordot_labels(p)
     a = a.reshape(a.shape[:-1] + tuple(size[l] for l in la))
     b = b.reshape(b.shape[:-1] + tuple(size[l] for l in lb))
     out = jnp.einsum(a, [Ellipsis, *la], b, [Ellipsis, *lb], [Ellipsis, *lout])
@@ -530,7 +550,7 @@ def _tensordot_jvp(node, t):
 def _tensordot_transpose(node, ct, linear):
     a, b = node.args
     assert not all(linear), "TensorDot of two tangents is not linear"
-    la, lb, lout, size = _tensordot_labels(node.params)
+    la, lb, lout, size = tensordot_labels(node.params)
     return (
         _tensordot_of_labels(ct, lout, b, lb, la, size) if linear[0] else None,
         _tensordot_of_labels(ct, lout, a, la, lb, size) if linear[1] else None,
@@ -641,6 +661,10 @@ def apply_op(name: str, args: tuple[Node, ...], params: tuple = ()) -> Op:
     if len(args) != spec.arity:
         raise TypeError(f"{name} takes {spec.arity} operand(s), got {len(args)}")
     dim = spec.dim_rule(tuple(a.dim for a in args), tuple(params))
+    if dim > MAX_DIM:
+        raise ValueError(
+            f"{name}: the output dimension {dim} exceeds the limit of {MAX_DIM} of the kernels"
+        )
     return Op(name, tuple(args), tuple(params), dim=dim)
 
 

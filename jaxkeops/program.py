@@ -12,7 +12,7 @@ import functools
 import struct
 
 from jaxkeops.formula import CAT_I, CAT_J, CAT_P, Const, Node, Var, walk
-from jaxkeops.ops import OPCODE_CONST, OPCODE_VAR, OPS
+from jaxkeops.ops import OPCODE_CONST, OPCODE_VAR, OPS, tensordot_labels
 from jaxkeops.reductions import REDUCTIONS
 
 MAGIC = b"JKP1"
@@ -85,6 +85,29 @@ def _split_params(params: tuple) -> tuple[tuple[int, ...], tuple[float, ...]]:
     return ints, floats
 
 
+# TensorDot terms (products) of one program, in all: the native decoder's limit
+# (TensorDotSpec::kMaxTerms in src/ops.h, checked for the whole program in src/program.h).
+MAX_TENSORDOT_TERMS = 1 << 24
+
+
+def _check_tensordot_terms(nodes) -> None:
+    """Fail at trace time, not in the kernel, when the TensorDot tables would be too large."""
+    total = 0
+    for node in nodes:
+        if isinstance(node, Var) or isinstance(node, Const) or node.name != "TensorDot":
+            continue
+        la, lb, lout, size = tensordot_labels(node.params)
+        terms = node.dim
+        for label in set(la) & set(lb):
+            terms *= size[label]
+        total += terms
+    if total > MAX_TENSORDOT_TERMS:
+        raise ValueError(
+            f"the formula's TensorDots have {total} terms (products) in all; the kernels' "
+            f"limit is {MAX_TENSORDOT_TERMS}"
+        )
+
+
 def build_program(
     formulas: tuple[Node, ...],
     var_cats: tuple[int, ...],
@@ -95,6 +118,7 @@ def build_program(
 ) -> Program:
     inputs = tuple((category_role(c, axis), d) for c, d in zip(var_cats, var_dims))
     order = list(walk(formulas))  # children first; equal subformulas appear once (CSE)
+    _check_tensordot_terms(order)
 
     role: dict[Node, int] = {}
     for node in order:

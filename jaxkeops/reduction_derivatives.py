@@ -142,7 +142,11 @@ def _selection_jvp(with_indices: str, value_position):
                 return pick_values(formulas[0], var_cats, operands, indices, **params)
 
             zeros = [jnp.zeros_like(p) if t is None else t for p, t in zip(primals, tangents)]
-            _, tangent_out[value_position] = jax.jvp(at_selected, tuple(primals), tuple(zeros))
+            _, dvalues = jax.jvp(at_selected, tuple(primals), tuple(zeros))
+            # A slot with no value (index -1: an all-NaN row, an empty K-min slot) is a
+            # constant (+inf / -inf), not the value of some pair: its derivative is zero.
+            tangent_out[value_position] = jnp.where(indices >= 0, dvalues,
+                                                    jnp.zeros_like(dvalues))
         return outs, tangent_out
 
     return rule

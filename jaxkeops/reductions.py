@@ -200,12 +200,20 @@ def _dense_kmin(values, K):
     return best.reshape(shape), order.astype(index_dtype()).reshape(shape)
 
 
+KMIN_MAX_SLOTS = 1 << 24  # bound on K × dimension of the K-min reductions
+
+
 def _kmin_check(dims, params, n_inner):
     if len(params) != 1:
         raise ValueError(f"takes one reduction parameter K, got {params}")
     (K,) = params
     if not 1 <= K <= n_inner:
         raise ValueError(f"K={K}, expected 1 <= K <= {n_inner} (the size of the reduced axis)")
+    if K * dims[0] > KMIN_MAX_SLOTS:
+        raise ValueError(
+            f"K={K} for a formula of dimension {dims[0]}: K * dimension = {K * dims[0]} exceeds "
+            f"the limit of {KMIN_MAX_SLOTS} (KMinReducer::kMaxSlots in src/reductions.h)"
+        )
 
 
 def _register_kmin(name, code, select):

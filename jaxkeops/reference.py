@@ -139,6 +139,12 @@ def _pick_one(formulas, var_cats, operands, *, axis, ni, nj, **_):
     if n_inner == 0 or flat.shape[1] == 0:  # nothing selected: constant outputs
         return (jnp.zeros(indices.shape, jnp.result_type(*operands)),)
     leaves = _grid_leaves(var_cats, operands, axis, inner_rows=jnp.clip(flat, 0, n_inner - 1))
+    # Slots with no selected pair (index -1) are evaluated at pair (row, 0) on values cut off
+    # from the operands, so that no derivative flows back from them (not even NaN · 0).
+    valid = (flat >= 0)[..., None]
+    for k, leaf in leaves.items():
+        leaf = jnp.broadcast_to(leaf, (n_outer, flat.shape[1], leaf.shape[-1]))
+        leaves[k] = jnp.where(valid, leaf, jax.lax.stop_gradient(leaf))
     (values,) = evaluate_formulas((formula,), leaves, jnp.result_type(*operands))
     values = jnp.broadcast_to(values, (n_outer, flat.shape[1], formula.dim))
     component = jnp.arange(flat.shape[1]) % formula.dim

@@ -30,15 +30,30 @@ class ProgramCache {
     }
     auto prog = std::make_shared<Program>();
     if (!decode_program(bytes.data(), bytes.size(), prog.get(), error)) return nullptr;
+    const size_t cost = bytes.size() + prog->memory_bytes();
     std::lock_guard<std::mutex> lock(mu_);
-    if (cache_.size() >= kMaxEntries) cache_.clear();
+    // Bounded by bytes as well as entries (a TensorDot table can be ~200 MiB); a program
+    // larger than the whole budget is used once and not kept.
+    if (cost > kMaxBytes) return prog;
+    if (cache_.size() >= kMaxEntries || bytes_ + cost > kMaxBytes) {
+      cache_.clear();
+      bytes_ = 0;
+    }
     auto res = cache_.emplace(std::string(bytes), std::move(prog));
+    if (res.second) bytes_ += cost;
     return res.first->second;
+  }
+
+  std::pair<size_t, size_t> stats() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return {cache_.size(), bytes_};
   }
 
  private:
   static constexpr size_t kMaxEntries = 4096;
+  static constexpr size_t kMaxBytes = size_t(256) << 20;
   std::mutex mu_;
+  size_t bytes_ = 0;
   std::unordered_map<std::string, std::shared_ptr<const Program>> cache_;
 };
 
@@ -46,6 +61,12 @@ ProgramCache& program_cache() {
   static ProgramCache* cache = new ProgramCache();
   return *cache;
 }
+
+}  // namespace
+
+std::pair<size_t, size_t> program_cache_stats() { return program_cache().stats(); }
+
+namespace {
 
 ffi::Error invalid(std::string msg) {
   return ffi::Error::InvalidArgument("jaxkeops_reduce: " + std::move(msg));
@@ -72,6 +93,9 @@ ffi::Error reduce_impl(ffi::RemainingArgs args, ffi::RemainingRets rets,
                                              : cpu::ElementType::kF64;
     out_bytes_per_problem[k] = call.n_outer * infos[k].width() * call.out_elem_bytes[k];
   }
+
+  // Nothing to compute (an empty output): return at once, whatever the batch size.
+  if (call.n_outer == 0 || call.batch.count() == 0) return ffi::Error::Success();
 
   // One problem per batch index, each run on all cores.
   const size_t width = call.value_bytes();

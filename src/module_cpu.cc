@@ -8,4 +8,6 @@ NB_MODULE(_jaxkeops_cpu, m) {
   jaxkeops::define_module_common(m, reinterpret_cast<void*>(&jaxkeops_reduce_cpu), "cpu");
   m.def("num_threads", &jaxkeops::cpu::num_threads,
         "Threads the CPU executor uses (the caller plus its persistent pool).");
+  m.def("program_cache_stats", &jaxkeops::program_cache_stats,
+        "(entries, bytes) of the decoded-program cache of the CPU handler.");
 }

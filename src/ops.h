@@ -16,6 +16,7 @@
 #include <array>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -208,6 +209,18 @@ JAXKEOPS_HD inline T round_half_away(T a) {
   T frac = a - t;
   // Selects rather than adding 0, so that round(-0.3) is -0.0 as in C.
   return frac >= T(0.5) ? t + T(1) : (frac <= T(-0.5) ? t - T(1) : t);
+}
+
+// Round to d decimals (half away from zero) given scale = 10^d in T (possibly inf or 0 when d
+// is beyond T's range). A value already integral at that scale (|x·10^d| ≥ 1/epsilon, overflow
+// included) is returned as it is, so no d overflows: round(1.25f, 39) is 1.25f, not NaN.
+template <class T>
+JAXKEOPS_HD inline T round_decimals(T x, T scale) {
+  const T y = x * scale;
+  const T integral = T(1) / std::numeric_limits<T>::epsilon();  // 2^23 / 2^52
+  if (!(y < integral && y > -integral)) return x;  // also inf, NaN (x inf or NaN, or 0 * inf)
+  if (scale == T(0)) return x * T(0);              // d far below T's range: ±0
+  return round_half_away(y) / scale;
 }
 
 // ---- unary elementwise ----

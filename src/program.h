@@ -63,6 +63,17 @@ struct Program {
   // derived, per instruction: a TensorDot's (out, a, b) index triples, sorted by output
   // (TensorDotSpec::sorted_term_table); empty for other ops. Built once, at decode time.
   std::vector<std::vector<int32_t>> term_tables;
+
+  // Heap bytes held by the decoded form (for the caches' byte budgets).
+  size_t memory_bytes() const {
+    size_t n = sizeof(Program) + reduction_params.size() * 4 + inputs.size() * sizeof(InputSpec) +
+               registers.size() * sizeof(RegisterSpec) + (results.size() + result_dims.size()) * 4;
+    for (const Instruction& ins : instructions)
+      n += sizeof(Instruction) + (ins.args.size() + ins.int_params.size()) * 4 +
+           ins.float_params.size() * 8;
+    for (const std::vector<int32_t>& t : term_tables) n += sizeof(t) + t.size() * 4;
+    return n;
+  }
 };
 
 namespace detail {
@@ -178,6 +189,7 @@ inline bool decode_program(const char* data, size_t size, Program* prog, std::st
   prog->term_tables.assign(n, {});
   // Which instruction last wrote each register, in program order (-1: never).
   std::vector<int32_t> last_writer(n_regs, -1);
+  int64_t total_terms = 0;  // TensorDot terms of the whole program
   // For the hoisting check: the writer each argument read sees in program order.
   std::vector<std::vector<int32_t>> seen_writer(n);
   for (int32_t k = 0; k < n; ++k) {
@@ -345,6 +357,13 @@ inline bool decode_program(const char* data, size_t size, Program* prog, std::st
             if (!spec.parse(ins.int_params, arg_dim(0), arg_dim(1), &td_error))
               return fail(opat + ": " + td_error);
             if (!expect_dim(spec.out_dim)) return false;
+            // One budget for the whole program, so that a short crafted program cannot ask
+            // for many large tables (each term costs 12 bytes, and as much again to sort).
+            total_terms += spec.n_terms;
+            if (total_terms > TensorDotSpec::kMaxTerms)
+              return fail(opat + ": the program's TensorDots have " +
+                          std::to_string(total_terms) + " terms in all (limit " +
+                          std::to_string(TensorDotSpec::kMaxTerms) + ")");
             prog->term_tables[k] = spec.sorted_term_table();
             break;
           }

@@ -106,7 +106,7 @@ void round_kernel(const Bound<T>& k, int64_t row, int64_t L) {
     if (k.ipar == 0) {
       for (int64_t l = 0; l < L; ++l) o[l] = opfn::round_half_away(x[l * LA]);
     } else {
-      for (int64_t l = 0; l < L; ++l) o[l] = opfn::round_half_away(x[l * LA] * scale) / scale;
+      for (int64_t l = 0; l < L; ++l) o[l] = opfn::round_decimals(x[l * LA], scale);
     }
   }
 }
@@ -652,6 +652,10 @@ class Plan {
       score_block_ = arg_block_[product][p];
       weights_reg_ = ins[product].args[1 - p];
       if (prog_.registers[score_reg_].dim != 1) return;
+      // The block path reads s and v after the whole pair phase, where the skipped product
+      // read them: no later instruction may write them (valid programs may reuse registers).
+      for (int32_t i = product + 1; i < int32_t(ins.size()); ++i)
+        if (ins[i].out == score_reg_ || ins[i].out == weights_reg_) return;
       skipped_product_ = product;
     } else {
       return;
