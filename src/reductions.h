@@ -291,7 +291,12 @@ struct ExpSumReducer {
   }
 
   void combine(double* a, const double* b) const {
-    if (b[0] == -detail::kInf || a[0] == detail::kInf) return;
+    if (a[0] != a[0]) return;  // NaN (a NaN score) wins over everything
+    if (b[0] != b[0] || b[0] == -detail::kInf || a[0] == detail::kInf) {
+      if (b[0] != b[0])
+        for (int64_t k = 0; k < state_size(); ++k) a[k] = b[k];
+      return;
+    }
     if (b[0] == detail::kInf || a[0] == -detail::kInf) {
       for (int64_t k = 0; k < state_size(); ++k) a[k] = b[k];
       return;
@@ -317,14 +322,24 @@ struct ExpSumReducer {
 
  private:
   // Moves m up to the tile's largest score, rescaling the sums. False when the tile adds
-  // nothing: every score is -inf (masked), or m is (or becomes) +inf, which fixes the result.
+  // nothing: every score is -inf (masked), or m is (or becomes) +inf or NaN, which fixes the
+  // result. A NaN score makes the row NaN (m and the sums NaN), as jax.nn.logsumexp, wherever
+  // the tile boundaries fall.
   template <int LS, class T>
   bool rebase(double* state, const T* s, int64_t n_valid) const {
     double& m = state[0];
-    if (m == detail::kInf) return false;  // already +inf: nothing changes it
+    if (m == detail::kInf || m != m) return false;  // +inf or NaN: nothing changes it
     T tile_max = -std::numeric_limits<T>::infinity();
-#pragma omp simd reduction(max : tile_max)
-    for (int64_t l = 0; l < n_valid; ++l) tile_max = s[l * LS] > tile_max ? s[l * LS] : tile_max;
+    int nan_seen = 0;
+#pragma omp simd reduction(max : tile_max) reduction(| : nan_seen)
+    for (int64_t l = 0; l < n_valid; ++l) {
+      tile_max = s[l * LS] > tile_max ? s[l * LS] : tile_max;
+      nan_seen |= s[l * LS] != s[l * LS];
+    }
+    if (nan_seen) {
+      for (int64_t k = 0; k < state_size(); ++k) state[k] = std::numeric_limits<double>::quiet_NaN();
+      return false;
+    }
     if (tile_max == -std::numeric_limits<T>::infinity()) return false;  // all masked
     if (tile_max == std::numeric_limits<T>::infinity()) {
       m = detail::kInf;

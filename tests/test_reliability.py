@@ -223,3 +223,30 @@ def test_row_block_sum_with_a_later_write_to_the_score_register(rng):
         x, y, v, program=program, n_inner=np.int64(N))
     expected = (x.astype(np.float64) - y[:, 0].astype(np.float64)[None, :]) @ v.astype(np.float64)
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+
+
+# --- a NaN score makes its row NaN for the logsumexp family, wherever the tiles fall -----------
+
+
+@pytest.mark.parametrize("n_nan", [1, 255, 256, 257, 600])
+@pytest.mark.parametrize("method", ["logsumexp", "logsumexp_weight", "sumsoftmaxweight"])
+def test_nan_scores_give_nan_rows(rng, method, n_nan):
+    M, N, E = 5, 700, 17  # E >= 16: the weighted kinds also take the CPU's row-block path
+    x = rng.standard_normal((M, 1))
+    y = rng.standard_normal((N, 1))
+    s = rng.standard_normal((N, 1))
+    s[100:100 + n_nan] = np.nan  # row-independent NaN scores: a whole tile of 256 for n >= 256
+    w = rng.uniform(0.5, 1.5, (N, E))
+    S = -Vi(x).sqdist(Vj(y)) + Vj(s)
+    if method == "logsumexp":
+        out = S.logsumexp(axis=1)
+    elif method == "logsumexp_weight":
+        out = S.logsumexp(axis=1, weight=Vj(w))
+    else:
+        out = S.sumsoftmaxweight(Vj(w), axis=1)
+    assert np.isnan(np.asarray(out)).all()
+    # An all-NaN row is NaN too (not -inf), and rows without NaN are unaffected.
+    x2 = np.concatenate([x, [[np.nan]]])
+    S2 = -Vi(x2).sqdist(Vj(y)) + Vj(np.where(np.isnan(s), 0.0, s))
+    out2 = np.asarray(S2.logsumexp(axis=1))
+    assert np.isnan(out2[-1]).all() and np.isfinite(out2[:-1]).all()
