@@ -86,8 +86,9 @@ class LazyTensor:
     """A symbolic matrix F(x_i, y_j, p) over an M×N grid that is never stored.
 
     `LazyTensor(x)` with x shaped (M, 1, D) is an i variable, (1, N, D) a j variable, (1, 1, D),
-    0-d or 1-d a parameter; a 2-d x needs `axis=0` (i) or `axis=1` (j); a Python number is a
-    constant of the formula. See also `Vi`, `Vj`, `Pm`.
+    0-d or 1-d a parameter; a 2-d x needs `axis=0` (i) or `axis=1` (j). A Python number is an
+    integer constant of the formula (2, -1.0, inf), or else a weakly typed parameter (0.5: data,
+    so that other values reuse the compiled code). See also `Vi`, `Vj`, `Pm`.
     """
 
     __array_priority__ = 1000  # numpy arrays on the left defer to our operators
@@ -102,7 +103,14 @@ class LazyTensor:
         if isinstance(x, numbers.Number) and not _is_array(x):
             if axis is not None:
                 raise ValueError("axis is meaningless for a Python number")
-            self.formula: Node = Const([float(x)])
+            value = float(x)
+            if value.is_integer() or not math.isfinite(value):
+                self.formula: Node = Const([value])
+                return
+            # Other numbers travel as data (a weakly typed parameter): calls with other values
+            # reuse the compiled executable instead of compiling one per value.
+            self.variables = (_Variable(jnp.asarray(value).reshape(1), CAT_P, weak=True),)
+            self.formula = Var(0, 1, CAT_P)
             return
         if not _is_array(x):
             raise TypeError(

@@ -250,3 +250,24 @@ def test_nan_scores_give_nan_rows(rng, method, n_nan):
     S2 = -Vi(x2).sqdist(Vj(y)) + Vj(np.where(np.isnan(s), 0.0, s))
     out2 = np.asarray(S2.logsumexp(axis=1))
     assert np.isnan(out2[-1]).all() and np.isfinite(out2[:-1]).all()
+
+
+# --- non-integer Python constants travel as data -----------------------------------------------
+
+
+def test_eager_calls_with_varying_constants_reuse_one_program(rng):
+    from jaxkeops.program import compile_program
+
+    x = rng.standard_normal((31, 3)).astype(np.float32)
+    y = rng.standard_normal((47, 3)).astype(np.float32)
+    b = rng.standard_normal((47, 2)).astype(np.float32)
+    d2 = ((x[:, None].astype(np.float64) - y[None]) ** 2).sum(-1)
+    sizes = set()
+    for c in 0.15 + 0.25 * np.arange(12):  # none of them an integer
+        out = ((-Vi(x).sqdist(Vj(y)) * float(c)).exp() * Vj(b)).sum(axis=1)
+        assert out.dtype == np.float32
+        np.testing.assert_allclose(out, np.exp(-d2 * c) @ b, rtol=2e-5, atol=1e-6)
+        sizes.add(compile_program.cache_info().currsize)
+    assert len(sizes) == 1  # one program for all twelve constants
+    # Integer constants stay in the formula (derivative rules, powers, 1 / (1 + s)).
+    assert "IntCst(2)" in repr((Vi(x) * 2).formula)
