@@ -5,10 +5,10 @@ per instruction, labels `.L_x_N:`, one `.text.<kernel>:` section per kernel). Me
 
 1. split each kernel into basic blocks at labels and after branches;
 2. a loop is a branch to a label at or before the branch (a backward branch); its body is the
-   address range [label, branch]; the innermost loops are those containing no other loop;
-3. the steady-state inner loop is the innermost loop that reads the most distinct bytes of
-   shared memory per iteration (the j-tile's data, staged in shared memory by KeOps's kernels
-   and by ours);
+   address range [label, branch];
+3. the steady-state inner loop is, among the loops whose cheapest path (4.) runs no other loop,
+   the one that reads the most distinct bytes of shared memory per iteration (the j-tile's data,
+   staged in shared memory by KeOps's kernels and by ours);
 4. one iteration is the cheapest path through the body's blocks from the label to the backward
    branch (every instruction on it counted, predicated-off ones, BSSY/BSYNC and uniform-datapath
    ones included: each takes an issue slot). Rare work (inserting into a K-list, rescaling a
@@ -256,9 +256,18 @@ def count_loop(kernel: str, code: list[Instruction], loop: Loop) -> LoopCount:
 
 
 def inner_loop(kernel: str, code: list[Instruction]) -> LoopCount | None:
-    """The steady-state inner loop of a kernel: the innermost loop reading the most distinct
-    shared-memory bytes per iteration (then the longest); None if the kernel has no loop."""
-    counts = [count_loop(kernel, code, lp) for lp in innermost(loops(code))]
+    """The steady-state inner loop of a kernel: among the loops whose cheapest path runs no
+    other loop's backward branch (innermost on the hot path: a loop on a rare branch, such as
+    a K-list insertion, does not count), the one reading the most distinct shared-memory bytes
+    per iteration (then the longest); None if the kernel has no loop."""
+    found = loops(code)
+    latches = {lp.latch for lp in found}
+    counts = []
+    for lp in found:
+        count = count_loop(kernel, code, lp)
+        on_path = {id(ins) for ins in count.path}
+        if not any(id(code[k]) in on_path for k in latches - {lp.latch}):
+            counts.append(count)
     if not counts:
         return None
     return max(counts, key=lambda c: (c.shared_bytes, c.instructions))
