@@ -73,30 +73,31 @@ else
   exit 1
 fi
 
-TIMEOUT_FLAG=()
-$PY -c "import pytest_timeout" 2>/dev/null && TIMEOUT_FLAG=(--timeout=90)
-# pytest -rA prints one PASSED/FAILED/... line per test: counted even when `timeout` ends it.
+PYTEST=(-v -rN -p no:cacheprovider)
+$PY -c "import pytest_timeout" 2>/dev/null && PYTEST+=(--timeout=90)
+XDIST=()
+$PY -c "import xdist" 2>/dev/null && XDIST=(-n 4)
+# pytest -v prints one line per test as it ends ("path::test STATUS", or with xdist "[gwN]
+# [ n%] STATUS path::test"): counted even when `timeout` ends the run.
+status() { grep -cE "(::[^ ]+ $2( |\$))|(^\[gw[0-9]+\] \[ *[0-9]+%\] $2 )" "$1"; }
 count() { # $1 log -> "P passed, F failed, E errors, S skipped"
-  local p f e s
-  p=$(grep -c '^PASSED' "$1"); f=$(grep -c '^FAILED' "$1"); e=$(grep -c '^ERROR' "$1")
-  s=$(grep -c '^SKIPPED' "$1")
-  echo "$p passed, $f failed, $e errors, $s skipped"
+  echo "$(status "$1" PASSED) passed, $(status "$1" FAILED) failed, $(status "$1" ERROR) errors," \
+    "$(status "$1" SKIPPED) skipped"
 }
 
 # ---- tests/test_cuda.py
 t0=$SECONDS
-timeout "$(slot 100 280)" $PY -m pytest -q -rA -p no:cacheprovider "${TIMEOUT_FLAG[@]}" \
-  tests/test_cuda.py >"$OUT/test_cuda.log" 2>&1
+timeout "$(slot 100 280)" $PY -m pytest "${PYTEST[@]}" tests/test_cuda.py >"$OUT/test_cuda.log" 2>&1
 rc=$?
 note "tests/test_cuda.py: $(count "$OUT/test_cuda.log") (rc $rc$([ $rc = 124 ] && echo ', TIMED OUT'), $((SECONDS - t0)) s)"
 
 # ---- the rest of the suite, GPU as the default backend, time-boxed
 t0=$SECONDS
-timeout "$(slot 150 200)" $PY -m pytest -q -rA -p no:cacheprovider "${TIMEOUT_FLAG[@]}" tests \
+timeout "$(slot 150 200)" $PY -m pytest "${PYTEST[@]}" "${XDIST[@]}" tests \
   --ignore=tests/test_cuda.py >"$OUT/suite.log" 2>&1
 rc=$?
 note "rest of the suite on the GPU: $(count "$OUT/suite.log") (rc $rc$([ $rc = 124 ] && echo ', stopped by its time box'), $((SECONDS - t0)) s)"
-grep -E '^(FAILED|ERROR)' "$OUT/suite.log" | head -15
+grep -E "(::[^ ]+ (FAILED|ERROR))|(\] (FAILED|ERROR) )" "$OUT/suite.log" | head -15
 
 # ---- timings against KeOps 2.3 and jnp
 export JAXKEOPS_GPU_COMPARE_SECONDS=$(($(left) - 40))

@@ -294,9 +294,9 @@ def report() -> str:
     check = validation(keops)
     if check:
         notes.append(check)
-    notes.append("Method (jaxkeops/benchmarks/sass.py): the innermost loop reading the most "
-                 "shared memory; every instruction on the cheapest path from its label to its "
-                 "backward branch (predicated-off, BSSY/BSYNC and uniform ones included); "
+    notes.append("Method (jaxkeops/benchmarks/sass.py): the loop whose cheapest path runs no "
+                 "other loop and reads the most shared memory; every instruction on that path "
+                 "from its label to its backward branch (predicated-off, BSSY/BSYNC and uniform ones included); "
                  "'with rare branches' is the most expensive path (K-list insertion, max "
                  "rescaling). Pairs per iteration = j per iteration (distinct shared-memory bytes "
                  "read on that path / bytes of one j: KeOps's dimy floats; the fused kernels' "
@@ -304,5 +304,7 @@ def report() -> str:
                  "fused: the template argument R of HotRows, checked against how many times each "
                  "value loaded from shared memory is read).")
     if resource_table:
-        notes.append("Kernels of the built module (sm_90):\n\n" + "\n".join(resource_table))
+        notes.append("Kernels of the built module (sm_90; shared memory as cuobjdump counts it, "
+                     "with the 1 KiB sm_90 reserves per block; local-memory instructions: STL/LDL "
+                     "in the SASS, spills or stack arrays):\n\n" + "\n".join(resource_table))
     return "\n\n".join(notes)
