@@ -77,8 +77,8 @@ class Row:
 # ---------------------------------------------------------------- the built module
 
 def cuda_module_path() -> str | None:
-    """The built CUDA module: $JAXKEOPS_CUDA_MODULE, the installed jaxkeops/_jaxkeops_cuda*.so,
-    or the build folder's."""
+    """The built CUDA module: $JAXKEOPS_CUDA_MODULE (a module, or one sm_90 cubin), the
+    installed jaxkeops/_jaxkeops_cuda*.so, or the build folder's."""
     if os.environ.get("JAXKEOPS_CUDA_MODULE"):
         return os.environ["JAXKEOPS_CUDA_MODULE"]
     spec = importlib.util.find_spec("jaxkeops._jaxkeops_cuda")
@@ -155,7 +155,8 @@ def module_rows(tools, folder) -> tuple[list[str], dict[str, Row], str]:
     if path is None:
         return [], {}, "no built CUDA module found (build with nvcc present, or set " \
                        "JAXKEOPS_CUDA_MODULE)"
-    cubins = cuda_tools.extract_cubins(tools["cuobjdump"], path, ARCH, folder)
+    cubins = ([path] if path.endswith(".cubin")  # a cubin given directly
+              else cuda_tools.extract_cubins(tools["cuobjdump"], path, ARCH, folder))
     if not cubins:
         return [], {}, f"{path} holds no {ARCH} code (build with CMAKE_CUDA_ARCHITECTURES=90-real)"
     table = ["| kernel | regs | stack (B) | local (B) | shared (B) | local-memory instructions |",
