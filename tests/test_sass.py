@@ -8,7 +8,7 @@ import tempfile
 
 import pytest
 
-from jaxkeops.benchmarks import cuda_tools, gpu_static, sass
+from jaxkeops.benchmarks import cuda_tools, gpu_static, keops_codegen, sass
 
 # Two kernels. `outer` has a loop over tiles holding two innermost loops: a copy loop without
 # shared loads and the pair loop [.L_x_2, /*0130*/]: 2 j per iteration (LDS.128 at +0 and +0x10,
@@ -202,3 +202,18 @@ def test_resource_usage_of_a_host_module_built_here():
                                             capture_output=True, text=True, check=True).stdout)
     assert resources and set(resources) <= set(kernels)
     assert all(r.registers > 0 for r in resources.values())
+
+
+@pytest.mark.skipif(not all(_TOOLS.values()) or keops_codegen.keopscore_version() != "2.3",
+                    reason="needs nvcc, nvdisasm, cuobjdump and keopscore 2.3")
+def test_counter_agrees_with_the_hand_counts_of_keops_kernels():
+    """KeOps 2.3's generated kernels, compiled here: the counter must land within 2 % of the
+    hand counts recorded in ../shared/GPU.md (11.6 / 18.1, 19.6 / 25.6, 23.6)."""
+    with tempfile.TemporaryDirectory() as folder:
+        rows, _ = gpu_static.keops_rows(_TOOLS, folder)
+    assert len(rows) == 6
+    for row in rows:
+        fast = "fast_math" in row.implementation
+        reference = gpu_static.KEOPS_REFERENCE[(row.case, fast)]
+        assert row.per_pair == pytest.approx(reference, rel=0.02), (row.case, fast)
+        assert row.regs > 0 and row.stack == 0

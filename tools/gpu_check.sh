@@ -56,6 +56,8 @@ if ls .whl/keopscore-*.whl .whl/pykeops-*.whl >/dev/null 2>&1; then
   if $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
       --target /tmp/site .whl/*.whl >>"$OUT/env.log" 2>&1; then
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+    $PY -c "import pykeops; print('pykeops', pykeops.__version__, 'gpu_available',
+            pykeops.config.gpu_available)" >>"$OUT/env.log" 2>&1
   else
     note "KeOps: installing the carried wheels failed (env.log)"
   fi

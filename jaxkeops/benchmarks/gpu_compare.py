@@ -217,6 +217,8 @@ def _torch_cuda():
         from pykeops.torch import LazyTensor
     except Exception as e:  # noqa: BLE001 - any import failure means "no KeOps baseline"
         return None, f"pykeops unusable: {type(e).__name__}: {e}"
+    if not pykeops.config.gpu_available:  # it would run on the CPU: no comparison
+        return None, "pykeops found no usable CUDA (libcuda / nvrtc / headers; see its warnings)"
     pykeops.set_verbose(False)
     return (torch, LazyTensor), ""
 
