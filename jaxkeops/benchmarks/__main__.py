@@ -66,7 +66,8 @@ def _plot(name, sizes, repeats, budget, path) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m jaxkeops.benchmarks")
-    parser.add_argument("names", nargs="*", help=f"any of {list(BENCHMARKS)} (default: all but the gpu_* ones)")
+    parser.add_argument("names", nargs="*",
+                        help=f"any of {list(BENCHMARKS)} (default: all but the gpu_* ones)")
     parser.add_argument("--size", nargs=2, type=int, metavar=("M", "N"), default=None)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--dense-gib", type=float, default=8.0,

@@ -148,9 +148,9 @@ def _local_instructions(code: list[sass.Instruction]) -> str:
     return f"STL {stl} / LDL {ldl}"
 
 
-def module_rows(tools, folder) -> tuple[list[str], dict[str, Row], str]:
-    """Per-kernel resource table of the built module, the fused rows of the reference cases,
-    and a description of the module."""
+def module_rows(tools, folder) -> tuple[list[str], dict[tuple[str, str], Row], str]:
+    """Per-kernel resource table of the built module, its rows of the reference cases keyed by
+    (case, "fused" or "interpreter"), and a description of the module."""
     path = cuda_module_path()
     if path is None:
         return [], {}, "no built CUDA module found (build with nvcc present, or set " \
@@ -161,8 +161,7 @@ def module_rows(tools, folder) -> tuple[list[str], dict[str, Row], str]:
         return [], {}, f"{path} holds no {ARCH} code (build with CMAKE_CUDA_ARCHITECTURES=90-real)"
     table = ["| kernel | regs | stack (B) | local (B) | shared (B) | local-memory instructions |",
              "|---|---|---|---|---|---|"]
-    fused: dict[str, Row] = {}
-    interpreter: dict[str, Row] = {}
+    found: dict[tuple[str, str], Row] = {}
     for cubin in cubins:
         resources = cuda_tools.resource_usage(tools["cuobjdump"], cubin)
         kernels = sass.parse(cuda_tools.disassemble(tools["nvdisasm"], cubin))
@@ -173,23 +172,23 @@ def module_rows(tools, folder) -> tuple[list[str], dict[str, Row], str]:
                          f"{res.local} | {res.shared} | {_local_instructions(code)} |")
             for case, ops in INTERPRETER_KERNELS.items():
                 if _short(names[mangled]) == ops:
-                    interpreter[case] = Row("jaxkeops interpreter", case, res.registers,
-                                            res.stack, f"{res.local} B; {_local_instructions(code)}",
-                                            note=INTERPRETER_NOTE)
+                    found[case, "interpreter"] = Row(
+                        "jaxkeops interpreter", case, res.registers, res.stack,
+                        f"{res.local} B; {_local_instructions(code)}", note=INTERPRETER_NOTE)
             for case in CASES:
                 rows = _fused_match(names[mangled], case)
-                if rows is None or case in fused:
+                if rows is None or (case, "fused") in found:
                     continue
-                fused[case] = _loop_row("jaxkeops fused", case, mangled, code,
-                                        staged_bytes_per_j(D), rows)
-                fused[case].regs, fused[case].stack = res.registers, res.stack
-                fused[case].local = f"{res.local} B; {_local_instructions(code)}"
-    return table, {**{f"interpreter {c}": r for c, r in interpreter.items()}, **fused}, \
-        f"{os.path.basename(path)} ({len(cubins)} {ARCH} cubin)"
+                row = _loop_row("jaxkeops fused", case, mangled, code, staged_bytes_per_j(D),
+                                rows)
+                row.regs, row.stack = res.registers, res.stack
+                row.local = f"{res.local} B; {_local_instructions(code)}"
+                found[case, "fused"] = row
+    return table, found, f"{os.path.basename(path)} ({len(cubins)} {ARCH} cubin)"
 
 
 def _loop_row(implementation, case, kernel, code, bytes_per_j, rows, known_rows=False) -> Row:
-    """instructions per pair of a kernel's steady-state inner loop."""
+    """A row with the instructions per pair of a kernel's steady-state inner loop."""
     row = Row(implementation, case)
     count = sass.inner_loop(kernel, code)
     if count is None:
@@ -271,16 +270,16 @@ def report() -> str:
         return (f"needs {' and '.join(missing)}, not found on the PATH, in $CUDA_HOME/bin or in "
                 f"the PyPI wheels: {cuda_tools.INSTALL_HINT}")
     with tempfile.TemporaryDirectory(prefix="jaxkeops_gpu_static_") as folder:
-        resource_table, fused, module_note = module_rows(tools, folder)
+        resource_table, ours, module_note = module_rows(tools, folder)
         keops, keops_note = keops_rows(tools, folder)
     table = ["| workload (float32, D=3) | implementation | regs | stack (B) | local memory | "
              "SASS instr / pair (steady state) | with rare branches | pairs / iteration (how) "
              "| note |", "|---|---|---|---|---|---|---|---|---|"]
     for case, title in CASES.items():
-        rows = [fused.get(case) or Row("jaxkeops fused", case,
-                                       note="n/a (no fused kernel in this build)"),
-                fused.get(f"interpreter {case}") or Row("jaxkeops interpreter", case,
-                                                        note=INTERPRETER_NOTE)]
+        rows = [ours.get((case, "fused")) or Row("jaxkeops fused", case,
+                                                 note="n/a (no fused kernel in this build)"),
+                ours.get((case, "interpreter")) or Row("jaxkeops interpreter", case,
+                                                       note=INTERPRETER_NOTE)]
         rows += [r for r in keops if r.case == case]
         for r in rows:
             table.append(f"| {title} | {r.implementation} | {_fmt(r.regs, 0)} | "
@@ -297,7 +296,8 @@ def report() -> str:
         notes.append(check)
     notes.append("Method (jaxkeops/benchmarks/sass.py): the loop whose cheapest path runs no "
                  "other loop and reads the most shared memory; every instruction on that path "
-                 "from its label to its backward branch (predicated-off, BSSY/BSYNC and uniform ones included); "
+                 "from its label to its backward branch (predicated-off, BSSY/BSYNC and uniform "
+                 "ones included); "
                  "'with rare branches' is the most expensive path (K-list insertion, max "
                  "rescaling). Pairs per iteration = j per iteration (distinct shared-memory bytes "
                  "read on that path / bytes of one j: KeOps's dimy floats; the fused kernels' "
