@@ -217,3 +217,10 @@ def test_counter_agrees_with_the_hand_counts_of_keops_kernels():
         reference = gpu_static.KEOPS_REFERENCE[(row.case, fast)]
         assert row.per_pair == pytest.approx(reference, rel=0.02), (row.case, fast)
         assert row.regs > 0 and row.stack == 0
+
+
+def test_gpu_static_says_how_to_install_missing_tools(monkeypatch):
+    monkeypatch.setattr(cuda_tools, "find_tool",
+                        lambda name: None if name == "nvdisasm" else "/bin/true")
+    message = gpu_static.report()
+    assert "needs nvdisasm" in message and "pip install 'jaxkeops[gpu-static]'" in message
