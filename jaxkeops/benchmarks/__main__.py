@@ -66,7 +66,8 @@ def _plot(name, sizes, repeats, budget, path) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m jaxkeops.benchmarks")
-    parser.add_argument("names", nargs="*", help=f"any of {list(BENCHMARKS)} (default: all)")
+    parser.add_argument("names", nargs="*",
+                        help=f"any of {list(BENCHMARKS)} (default: all but the gpu_* ones)")
     parser.add_argument("--size", nargs=2, type=int, metavar=("M", "N"), default=None)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--dense-gib", type=float, default=8.0,
@@ -84,7 +85,7 @@ def main(argv=None) -> None:
               args.plot_file or f"{args.plot}.png")
         if not args.names:
             return
-    names = args.names or list(BENCHMARKS)
+    names = args.names or [name for name, b in BENCHMARKS.items() if b.in_default]
     unknown = set(names) - set(BENCHMARKS)
     if unknown:
         parser.error(f"unknown benchmark(s) {sorted(unknown)}; choose from {list(BENCHMARKS)}")

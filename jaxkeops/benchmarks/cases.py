@@ -35,6 +35,7 @@ class Case:
 class Benchmark:
     default_size: tuple[int, int]
     make: Callable[..., Case]  # (M, N, dense_budget_bytes) -> Case
+    in_default: bool = True  # run when no benchmark is named (the CPU timings)
 
 
 def row_chunked(row_fn, x, *rest, rows=CHUNK_ROWS):
@@ -373,6 +374,26 @@ def interpreter(M, N, budget):
                 f"N={N}, float32", M * N, [], ["\n".join(rows)] + notes)
 
 
+# ---------------------------------------------------------------- GPU
+
+def gpu_static(M, N, budget):
+    """Static evidence about the GPU kernels (registers, spills, SASS instructions per pair),
+    no GPU needed: jaxkeops/benchmarks/gpu_static.py."""
+    from jaxkeops.benchmarks import gpu_static as static
+    return Case("GPU kernels: static evidence (no GPU), sm_90", 0, [], [static.report()])
+
+
+def gpu_compare(M, N, budget):
+    """jaxkeops against KeOps 2.3 (pykeops on torch) and dense / chunked jnp on the default
+    backend: jaxkeops/benchmarks/gpu_compare.py (sizes for an H200 unless --size is given)."""
+    from jaxkeops.benchmarks import gpu_compare as compare_gpu
+    scale = None if (M, N) == GPU_COMPARE_SIZE else (M, N)
+    return Case("GPU comparison: jaxkeops, KeOps 2.3, jnp", 0, [],
+                [compare_gpu.report(scale=scale)])
+
+
+GPU_COMPARE_SIZE = (1_000_000, 1_000_000)
+
 BENCHMARKS = {
     "gaussian": Benchmark((20000, 20000), gaussian),
     "argkmin": Benchmark((20000, 20000), argkmin),
@@ -384,4 +405,6 @@ BENCHMARKS = {
     "vmap": Benchmark((2000, 2000), vmap_gaussian),
     "latency": Benchmark((100, 100), latency),
     "interpreter": Benchmark((10000, 10000), interpreter),
+    "gpu_static": Benchmark((0, 0), gpu_static, in_default=False),
+    "gpu_compare": Benchmark(GPU_COMPARE_SIZE, gpu_compare, in_default=False),
 }
