@@ -9,8 +9,9 @@ from jaxkeops.lazy_tensor import LazyTensor, Pm, Vi, Vj
 from jaxkeops.primitive import keops_reduce, keops_reduce_p
 from jaxkeops.lineax_adapter import lineax_operator
 from jaxkeops.solve import SolveInfo
+from jaxkeops.export import export_disabled_checks
 
 __version__ = "0.1.0"
 
 __all__ = ["LazyTensor", "Vi", "Vj", "Pm", "keops_reduce", "keops_reduce_p", "SolveInfo",
-           "lineax_operator"]
+           "lineax_operator", "export_disabled_checks"]

@@ -19,7 +19,7 @@ import numpy as np
 
 from jaxkeops.formula import CAT_I, CAT_J, CAT_NAMES, CAT_P, Const, Node, Var, substitute
 from jaxkeops.ops import MAX_DIM, apply_op, tensordot_params
-from jaxkeops.primitive import keops_reduce
+from jaxkeops.primitive import dim_size as _size, keops_reduce
 from jaxkeops.reductions import check_reduction
 from jaxkeops.solve import CONVERGED, STATUS_NAMES, SolveInfo, default_maxiter, ridge_solve
 
@@ -151,9 +151,9 @@ class LazyTensor:
             )
         self.variables = (_Variable(array, cat, weak and cat == CAT_P),)
         if cat == CAT_I:
-            self.ni = int(array.shape[-2])
+            self.ni = _size(array.shape[-2])
         elif cat == CAT_J:
-            self.nj = int(array.shape[-2])
+            self.nj = _size(array.shape[-2])
         self.batch_shape = _variable_batch_shape(array, cat)
         self.formula = Var(0, int(array.shape[-1]), cat)
 
@@ -989,9 +989,9 @@ def _unflatten_lazy_tensor(aux, leaves) -> LazyTensor:
            for v in out.variables):
         for v in out.variables:
             if v.cat == CAT_I:
-                out.ni = int(v.array.shape[-2])
+                out.ni = _size(v.array.shape[-2])
             elif v.cat == CAT_J:
-                out.nj = int(v.array.shape[-2])
+                out.nj = _size(v.array.shape[-2])
         out.batch_shape = _broadcast_batch_shapes(out.variables)
     return out
 

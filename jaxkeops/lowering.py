@@ -27,6 +27,8 @@ def _native_lowering(ctx, *operands, formulas, var_cats, reduction, reduction_pa
         axis,
     )
     n_inner = nj if axis == 1 else ni
+    # A symbolic size (jax.export with polymorphic shapes) is read off the operands at run time.
+    n_inner = n_inner if isinstance(n_inner, int) else -1
     # batch_shape needs no attribute: the handlers read the batch dims off the buffer shapes.
     lower = jax.ffi.ffi_lowering(_native.REDUCE_TARGET)
     # Typed numpy scalars: a Python int would reach the handler with the wrong width.

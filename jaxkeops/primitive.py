@@ -22,7 +22,7 @@ from __future__ import annotations
 from functools import partial
 
 import numpy as np
-from jax._src import dispatch  # apply_primitive: run one primitive eagerly via jit
+from jax._src import core, dispatch  # apply_primitive; is_constant_dim for symbolic sizes
 from jax.extend.core import Primitive
 from jax.core import ShapedArray
 import jax
@@ -40,6 +40,12 @@ keops_reduce_p.multiple_results = True
 keops_reduce_p.def_impl(partial(dispatch.apply_primitive, keops_reduce_p))
 
 
+def dim_size(d):
+    """A size as a static parameter: a Python int, or a symbolic dimension as it is (jax.export
+    with polymorphic shapes: M, N and batch dims may be symbolic)."""
+    return int(d) if core.is_constant_dim(d) else d
+
+
 def keops_reduce(
     operands, *, formulas, var_cats, reduction, reduction_params=(), axis, ni, nj, batch_shape=()
 ):
@@ -51,9 +57,9 @@ def keops_reduce(
         reduction=reduction,
         reduction_params=tuple(int(p) for p in reduction_params),
         axis=int(axis),
-        ni=int(ni),
-        nj=int(nj),
-        batch_shape=tuple(int(b) for b in batch_shape),
+        ni=dim_size(ni),
+        nj=dim_size(nj),
+        batch_shape=tuple(dim_size(b) for b in batch_shape),
     )
 
 

@@ -57,7 +57,7 @@ def check_reduction(reduction: str, dims: tuple[int, ...], params: tuple, n_inne
     spec = REDUCTIONS[reduction]
     if len(dims) != spec.n_formulas:
         raise ValueError(f"takes {spec.n_formulas} formula(s), got {len(dims)}")
-    spec.check(tuple(dims), tuple(params), int(n_inner))
+    spec.check(tuple(dims), tuple(params), n_inner)
 
 
 # --- Sum ------------------------------------------------------------------------------------------
@@ -207,7 +207,8 @@ def _kmin_check(dims, params, n_inner):
     if len(params) != 1:
         raise ValueError(f"takes one reduction parameter K, got {params}")
     (K,) = params
-    if not 1 <= K <= n_inner:
+    # A symbolic size (jax.export) cannot be compared here: then only K >= 1 is checked.
+    if K < 1 or (isinstance(n_inner, int) and K > n_inner):
         raise ValueError(f"K={K}, expected 1 <= K <= {n_inner} (the size of the reduced axis)")
     if K * dims[0] > KMIN_MAX_SLOTS:
         raise ValueError(

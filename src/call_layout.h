@@ -42,6 +42,7 @@ inline const char* dtype_str(ffi::DataType t) {
 struct CallLayout {
   ffi::DataType dtype = ffi::DataType::F32;  // of operands and value outputs (F32 or F64)
   int64_t n_outer = 0;
+  int64_t n_inner = 0;  // the size of the reduced axis (the attribute, or read off an operand)
   std::vector<int64_t> batch_dims;
   BatchLayout batch{{}};
   std::vector<const char*> inputs;     // operand k's data
@@ -57,7 +58,22 @@ struct CallLayout {
 inline std::string check_call(const Program& prog, const std::vector<OutputInfo>& infos,
                               ffi::RemainingArgs args, ffi::RemainingRets rets, int64_t n_inner,
                               CallLayout* layout) {
-  if (n_inner < 0) return "n_inner = " + std::to_string(n_inner) + " is negative";
+  // n_inner = -1: the size is symbolic at lowering time (jax.export with polymorphic shapes);
+  // it is read off the first inner operand.
+  if (n_inner < -1) return "n_inner = " + std::to_string(n_inner) + " is negative";
+  if (n_inner == -1) {
+    for (size_t k = 0; k < prog.inputs.size() && k < args.size(); ++k) {
+      if (prog.inputs[k].role != kInner) continue;
+      auto buf_or = args.get<ffi::AnyBuffer>(k);
+      if (!buf_or) return "cannot decode operand " + std::to_string(k);
+      const auto dims = buf_or->dimensions();
+      if (dims.size() < 2) return "operand " + std::to_string(k) + " (inner) has rank < 2";
+      n_inner = dims[dims.size() - 2];
+      break;
+    }
+    if (n_inner == -1) return "n_inner = -1 (read off the operands) but no operand is inner";
+  }
+  layout->n_inner = n_inner;
   if (args.size() != prog.inputs.size())
     return "the program has " + std::to_string(prog.inputs.size()) + " inputs but the call has " +
            std::to_string(args.size()) + " operands";

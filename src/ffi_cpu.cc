@@ -107,10 +107,10 @@ ffi::Error reduce_impl(ffi::RemainingArgs args, ffi::RemainingRets rets,
       outs[k].data = call.outputs[k] + b * out_bytes_per_problem[k];
     if (call.dtype == ffi::DataType::F32) {
       ok = cpu::execute<float>(*prog, reinterpret_cast<const float* const*>(in.data()),
-                               call.n_outer, n_inner, outs.data(), &error);
+                               call.n_outer, call.n_inner, outs.data(), &error);
     } else {
       ok = cpu::execute<double>(*prog, reinterpret_cast<const double* const*>(in.data()),
-                                call.n_outer, n_inner, outs.data(), &error);
+                                call.n_outer, call.n_inner, outs.data(), &error);
     }
   }
   if (!ok) return ffi::Error::Internal(error);

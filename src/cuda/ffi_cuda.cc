@@ -283,7 +283,7 @@ ffi::Error reduce_impl(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::
   call.batch_rank = int32_t(dev_rank);
   call.batch_count = dev_count;
   call.n_outer = n_outer;
-  call.n_inner = n_inner;
+  call.n_inner = layout.n_inner;
   call.n_outputs = int32_t(infos.size());
   for (size_t d = 0; d < dev_rank; ++d) call.batch_dims[d] = batch_dims[host_rank + d];
   // Element stride of batch dim d for operand k: the offset of the flat index with a 1 there.
