@@ -152,8 +152,7 @@ def test_logsumexp_and_softmax_weights(rng, M, N, dtype, axis):
     n_outer = M if axis == 1 else N
     b = rng.uniform(0.5, 1.5, size=(N if axis == 1 else M, 2)).astype(dtype)
     w_pos = Vj(b) if axis == 1 else Vi(b)  # positive weights: log is defined everywhere
-    carrier, (_, w_pos_formula) = scores_and_weight(S, w_pos)
-    oracle = Oracle(carrier, axis)
+    oracle = Oracle(S, axis)
     rtol32 = 1e-5
 
     out = S.logsumexp(axis=axis)
@@ -163,17 +162,19 @@ def test_logsumexp_and_softmax_weights(rng, M, N, dtype, axis):
     scale = np.abs(ref) + np.abs(oracle.grid(S.formula)).max()
     assert_close(out, ref, dtype, rtol32=rtol32, scale=scale)
 
-    # S and V share the variables of S (x, y): their formulas are valid in the carrier.
-    for weight, w_formula, E in ((w_pos, w_pos_formula, 2), (V, V.formula, D), (S, S.formula, 1)):
+    for weight, E in ((w_pos, 2), (V, D), (S, 1)):
+        # The weight's own variables (V holds the parameter 0.5) join the scores' ones.
+        carrier_w, (S_formula, w_formula) = scores_and_weight(S, weight)
+        oracle = Oracle(carrier_w, axis)
         soft = S.sumsoftmaxweight(weight, axis=axis)
         assert soft.shape == (n_outer, E) and soft.dtype == dtype
-        (ref_soft,) = oracle("SumSoftMaxWeight", S.formula, w_formula)
+        (ref_soft,) = oracle("SumSoftMaxWeight", S_formula, w_formula)
         w_scale = np.abs(np.asarray(oracle.grid(w_formula))).max(1)
         assert_close(soft, ref_soft, dtype, rtol32=rtol32, scale=w_scale)
 
         lse_w = S.logsumexp(axis=axis, weight=weight)
         assert lse_w.shape == (n_outer, E) and lse_w.dtype == dtype
-        (ref_w,) = oracle("LogSumExpWeight", S.formula, w_formula)
+        (ref_w,) = oracle("LogSumExpWeight", S_formula, w_formula)
         if weight is w_pos:
             assert_close(lse_w, ref_w, dtype, rtol32=rtol32, scale=np.abs(ref_w) + scale)
         else:  # signed weights: the log of a negative sum is NaN, as in the oracle
