@@ -442,3 +442,236 @@ def test_generic_body_takes_the_hot_calls_too(rng, generic_only, score, D, spec,
         check_values(outs[0], refs[0], dtype, scale=1.0 + np.abs(refs[0]))
     else:
         check_pick(outs, refs, name, dtype, f[..., None] * psi)
+
+
+# ---------------------------------------------------------------- edges
+
+
+EMPTY = {"Sum": [0.0], "LogSumExp": [-np.inf], "LogSumExpWeight": [-np.inf],
+         "SumSoftMaxWeight": [np.nan], "Min": [np.inf], "ArgMin": [-1], "Min_ArgMin": [np.inf, -1],
+         "Max": [-np.inf], "ArgMax": [-1], "Max_ArgMax": [-np.inf, -1], "KMin": [np.inf],
+         "ArgKMin": [-1], "KMin_ArgKMin": [np.inf, -1]}
+
+
+@pytest.mark.parametrize("name", list(EMPTY))
+@pytest.mark.parametrize("hot", [True, False])
+def test_empty_inner_axis(rng, name, hot):
+    """n_inner = 0: the empty-axis values of src/reductions.h, hot and generic bodies."""
+    factor = 1 if name in ("LogSumExpWeight", "SumSoftMaxWeight") else 0
+    k = 3 if "KMin" in name else 0
+    ops = operands(rng, 300, 0, 3, np.float32, NV=1, E=1)
+    previous = native.cpu.set_fused_emulation_hot(hot)
+    try:
+        outs = fused(ops, 1, AFFINE, factor, RED[name], k=k)
+    finally:
+        native.cpu.set_fused_emulation_hot(previous)
+    for out, want in zip(outs, EMPTY[name]):
+        np.testing.assert_array_equal(out, np.full(out.shape, want, out.dtype))
+
+
+def test_empty_outer_axis_and_empty_batch(rng):
+    for shape_x, shape_y in [((0, 3), (5, 3)), ((0, 4, 3), (0, 5, 3))]:
+        ops = operands(rng, 1, 1, 3, np.float64)
+        ops[0] = np.zeros(shape_x)
+        ops[1] = np.zeros(shape_y)
+        b = shape_x[:-2]
+        ops[2:] = [np.zeros(b + (1,))] + [np.zeros(b + (shape_x[-2] if i % 2 == 0 else shape_y[-2], 0))
+                                           for i in range(5)]
+        (out,) = fused(ops, 1, EXP_AFFINE, 0, RED["Sum"])
+        assert out.shape == b + (shape_x[-2], 1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("hot", [True, False])
+def test_batch_dims_broadcast(rng, dtype, hot):
+    """Batch dims (2, 3): operands with 1 entries are broadcast, not copied."""
+    M, N, D = 70, 300, 3
+    ops = operands(rng, M, N, D, dtype, NU=1, NV=1, E=1, batch=(2, 3),
+                   X=(2, 1), Y=(1, 3), C=(1, 1), U=(2, 3), V=(1, 1), Z=(2, 3))
+    previous = native.cpu.set_fused_emulation_hot(hot)
+    try:
+        for name, phi, factor, k in [("Sum", EXP_AFFINE, 0, 0), ("LogSumExp", AFFINE, 0, 0),
+                                     ("ArgKMin", AFFINE, 0, 4), ("Max_ArgMax", AFFINE, 0, 0),
+                                     ("SumSoftMaxWeight", AFFINE, 1, 0)]:
+            ops[2][..., 0] = -0.5 if name == "Sum" else 1.0
+            outs = fused(ops, 1, phi, factor, RED[name], k=k)
+            refs = oracle(ops, 1, phi, factor, RED[name], k)
+            assert outs[0].shape[:3] == (2, 3, M)
+            if "Arg" in name and np.dtype(dtype) == np.float64:
+                np.testing.assert_array_equal(outs[-1], refs[-1])
+            if not name.startswith("Arg"):
+                check_values(outs[0], refs[0], dtype, scale=np.abs(refs[0]) + 1.0)
+    finally:
+        native.cpu.set_fused_emulation_hot(previous)
+
+
+def test_more_than_four_batch_dims(rng):
+    """Leading batch dims beyond the four the kernels resolve run as separate launches."""
+    ops = operands(rng, 9, 140, 2, np.float64, NV=1, batch=(2, 1, 2, 1, 2, 3), X=(2, 1, 2, 1, 1, 3))
+    ops[2][..., 0] = -1.0
+    (out,) = fused(ops, 1, EXP_AFFINE, 0, RED["Sum"])
+    (ref,) = oracle(ops, 1, EXP_AFFINE, 0, RED["Sum"], 0)
+    check_values(out, ref, np.float64)
+
+
+@pytest.mark.parametrize("index_dtype", [np.int32, np.int64])
+def test_index_dtypes(rng, index_dtype):
+    ops = operands(rng, 20, 300, 3, np.float64)
+    ops[2][..., 0] = 1.0
+    for name, k in [("ArgMin", 0), ("ArgKMin", 3), ("Max_ArgMax", 0), ("KMin_ArgKMin", 3)]:
+        outs = fused(ops, 1, AFFINE, 0, RED[name], k=k, index_dtype=index_dtype)
+        refs = oracle(ops, 1, AFFINE, 0, RED[name], k)
+        assert outs[-1].dtype == index_dtype
+        np.testing.assert_array_equal(outs[-1], refs[-1])
+
+
+@pytest.mark.parametrize("hot", [True, False])
+@pytest.mark.parametrize("N", [9, 300])
+def test_exact_ties_keep_the_lowest_index(rng, hot, N):
+    """Integer points: many exactly equal distances, in float32 too; ties across tiles and
+    splits (N = 300: three tiles, merged in inner order)."""
+    M, D = 40, 2
+    X = rng.integers(-2, 3, (M, D)).astype(np.float32)
+    Y = rng.integers(-2, 3, (N, D)).astype(np.float32)
+    ops = [X, Y, np.ones(1, np.float32)] + [np.zeros((n, 0), np.float32) for n in (M, N, M, N, N)]
+    previous = native.cpu.set_fused_emulation_hot(hot)
+    try:
+        for name, k in [("Min_ArgMin", 0), ("Max_ArgMax", 0), ("KMin_ArgKMin", 6)]:
+            outs = fused(ops, 1, AFFINE, 0, RED[name], k=k)
+            refs = oracle(ops, 1, AFFINE, 0, RED[name], k)
+            for out, ref in zip(outs, refs):
+                np.testing.assert_array_equal(out, ref.astype(out.dtype))
+    finally:
+        native.cpu.set_fused_emulation_hot(previous)
+
+
+@pytest.mark.parametrize("hot", [True, False])
+def test_nan_and_infinite_scores(rng, hot):
+    """NaN scores are skipped by min/max/K-min and make logsumexp NaN; rows of only NaN or ±inf
+    values still pick the first ±inf as reductions.h does; -inf scores add nothing to
+    logsumexp, +inf makes it +inf. V_j (added to the score) injects them."""
+    M, N, D = 6, 260, 1
+    X = np.zeros((M, D))
+    Y = rng.standard_normal((N, D))
+    V = rng.standard_normal((N, 1))
+    U = np.zeros((M, 1))
+    U[1] = np.nan               # row 1: every score NaN
+    U[2] = np.inf               # row 2: every score +inf
+    U[3] = -np.inf              # row 3: every score -inf
+    V[[5, 140]] = np.nan        # some NaN scores in every row
+    V[200] = -np.inf
+    ops = [X, Y, np.ones(1), U, V, np.zeros((M, 0)), np.zeros((N, 0)), np.zeros((N, 0))]
+    previous = native.cpu.set_fused_emulation_hot(hot)
+    try:
+        for name, k in [("Min_ArgMin", 0), ("Max_ArgMax", 0), ("KMin_ArgKMin", 3)]:
+            outs = fused(ops, 1, AFFINE, 0, RED[name], k=k)
+            refs = oracle(ops, 1, AFFINE, 0, RED[name], k)
+            for out, ref in zip(outs, refs):
+                np.testing.assert_array_equal(out, ref)
+        (lse,) = fused(ops, 1, AFFINE, 0, RED["LogSumExp"])
+        assert np.isnan(lse[[0, 1, 4, 5]]).all()
+        assert lse[2, 0] == np.inf and np.isnan(lse[3, 0])  # row 3: -inf and NaN scores
+        # Without the NaN columns: -inf scores add nothing, a row of -inf gives -inf.
+        V[[5, 140]] = 0.0
+        (lse,) = fused(ops, 1, AFFINE, 0, RED["LogSumExp"])
+        (ref,) = oracle(ops, 1, AFFINE, 0, RED["LogSumExp"], 0)
+        assert lse[3, 0] == -np.inf and lse[2, 0] == np.inf and np.isnan(lse[1, 0])
+        ok = [0, 4, 5]
+        check_values(lse[ok], ref[ok], np.float64)
+    finally:
+        native.cpu.set_fused_emulation_hot(previous)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_logsumexp_of_huge_scores(rng, dtype):
+    """Scores far beyond exp's range neither overflow nor vanish; the running maximum moves up
+    across tiles and splits (increasing V)."""
+    M, N = 33, 700
+    ops = operands(rng, M, N, 3, dtype, NV=1)
+    ops[4] = (np.linspace(-3e3, 3e3, N)[:, None] * (1 if dtype == np.float64 else 0.01)).astype(dtype)
+    for sign in (1.0, -1.0):
+        ops[2][0] = -sign
+        (out,) = fused(ops, 1, AFFINE, 0, RED["LogSumExp"])
+        (ref,) = oracle(ops, 1, AFFINE, 0, RED["LogSumExp"], 0)
+        check_values(out, ref, dtype, scale=1.0 + np.abs(ref))
+
+
+def test_float32_sums_are_double_across_tiles(rng):
+    """10^5 positive float32 terms of ~1: a float32 running sum would lose ~1e-3."""
+    N = 100_000
+    ops = operands(rng, 3, N, 1, np.float32, NV=0)
+    ops[0][:] = 0
+    ops[1] = (rng.uniform(0, 1e-2, (N, 1))).astype(np.float32)
+    ops[2][0] = -1.0
+    (out,) = fused(ops, 1, EXP_AFFINE, 0, RED["Sum"])
+    (ref,) = oracle(ops, 1, EXP_AFFINE, 0, RED["Sum"], 0)
+    np.testing.assert_allclose(out, ref, rtol=2e-6)
+
+
+# ---------------------------------------------------------------- errors
+
+
+def _error_case(rng, **changes):
+    ops = operands(rng, 5, 7, 3, np.float32, NV=1, E=2)
+    kw = dict(score=1, phi=AFFINE, factor=0, reduction=RED["Sum"], k=0, program=())
+    kw.update(changes)
+    return ops, kw
+
+
+@pytest.mark.parametrize("changes,message", [
+    (dict(score=7), "attribute score = 7 is unknown"),
+    (dict(phi=9), "attribute phi = 9 is unknown"),
+    (dict(factor=3), "attribute factor = 3 is unknown"),
+    (dict(reduction=99), "attribute reduction = 99 is unknown"),
+    (dict(reduction=RED["LogSumExp"], factor=1), "attribute factor = 1 is not allowed with LogSumExp"),
+    (dict(reduction=RED["SumSoftMaxWeight"], factor=0), "is not allowed with SumSoftMaxWeight"),
+    (dict(reduction=RED["ArgMin"], factor=2), "is not allowed with ArgMin"),
+    (dict(reduction=RED["KMin"], k=0), "attribute k = 0 must be >= 1 for KMin"),
+    (dict(k=2), "attribute k = 2 must be 0 for Sum"),
+    (dict(phi=PROGRAM, program=[OP["Exp"], 0, S_REF, 0] * 33), "33 instructions, at most 32"),
+    (dict(phi=PROGRAM, program=[OP["Exp"], 0, S_REF]), "4 per instruction"),
+    (dict(phi=PROGRAM, program=()), "at least one instruction"),
+    (dict(program=[OP["Exp"], 0, S_REF, 0]), "phi = 0 is not 2 (program)"),
+    (dict(phi=PROGRAM, program=[OP["Exp"], 0, 6, 0]), "operand a = 6 is not a reference"),
+    (dict(phi=PROGRAM, program=[OP["Add"], 0, S_REF, U_REF]), "reads U_i0 but U has NU = 0"),
+    (dict(phi=PROGRAM, program=[OP["Add"], 0, S_REF, V_REF + 1]), "reads V_j1 but V has NV = 1"),
+    (dict(phi=PROGRAM, program=[OP["Add"], 0, S_REF, C_REF + 4]), "reads C[4] but C has NC = 4"),
+    (dict(phi=PROGRAM, program=[OP["Add"], 4, S_REF, S_REF]), "dst = 4 is not a slot"),
+    (dict(phi=PROGRAM, program=[OP["SqDist"], 0, S_REF, S_REF]), "opcode 16 is not a unary or binary"),
+    (dict(phi=PROGRAM, program=[OP["IfElse"], 0, S_REF, S_REF]), "opcode 35 is not a unary or binary"),
+])
+def test_bad_attributes_are_named(rng, changes, message):
+    ops, kw = _error_case(rng, **changes)
+    shapes = [jax.ShapeDtypeStruct((5, 1), np.float32)]
+    with pytest.raises(Exception, match=message.replace("(", r"\(").replace(")", r"\)")
+                       .replace("[", r"\[").replace("]", r"\]")):
+        fused(ops, kw["score"], kw["phi"], kw["factor"], kw["reduction"], k=kw["k"],
+              program=kw["program"], shapes=shapes)
+
+
+def test_bad_operands_are_named(rng):
+    ops = operands(rng, 5, 7, 3, np.float32, NV=1, E=2)
+    shapes = [jax.ShapeDtypeStruct((5, 1), np.float32)]
+    bad = list(ops)
+    bad[1] = bad[1][:, :2]
+    with pytest.raises(Exception, match=r"operand Y has shape \(7, 2\), expected \(\*b, 7, 3\)"):
+        fused(bad, 1, AFFINE, 0, RED["Sum"], shapes=shapes)
+    bad = list(ops)
+    bad[4] = bad[4][:3]
+    with pytest.raises(Exception, match=r"operand V has shape \(3, 1\), expected \(\*b, 7, 1\)"):
+        fused(bad, 1, AFFINE, 0, RED["Sum"], shapes=shapes)
+    bad = list(ops)
+    bad[3] = bad[3].astype(np.float64)
+    with pytest.raises(Exception, match="operand U has dtype float64, expected float32"):
+        fused(bad, 1, AFFINE, 0, RED["Sum"], shapes=shapes)
+    with pytest.raises(Exception, match=r"output 0 has shape \(5, 2\), expected \(\*b, 5, 1\)"):
+        fused(ops, 1, AFFINE, 0, RED["Sum"], shapes=[jax.ShapeDtypeStruct((5, 2), np.float32)])
+    bad = list(ops)
+    bad[2] = bad[2][:3]
+    with pytest.raises(Exception, match="weighted sqdist"):
+        fused(bad, 4, AFFINE, 0, RED["Sum"], shapes=shapes)  # NC = 3 < D + 1
+    bad = list(ops)
+    bad[5] = np.ones((5, 2), np.float32)
+    bad[6] = np.ones((7, 2), np.float32)
+    with pytest.raises(Exception, match="multiplies the pair value of Sum only"):
+        fused(bad, 1, AFFINE, 0, RED["Min"], shapes=shapes)
