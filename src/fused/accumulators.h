@@ -18,6 +18,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 
 #include "fast_math.h"
 #include "fused/fused_call.h"
@@ -36,14 +37,15 @@ JAXKEOPS_HD inline T quiet_nan() {
   return std::numeric_limits<T>::quiet_NaN();
 }
 
-// The largest T below x (x itself for -inf): "v <= below(k)" is "v < k".
+// The largest T below x (x itself for -inf and NaN): "v <= next_below(k)" is "v < k". Bit
+// arithmetic, not nextafter: a libm call would give the kernels a stack frame.
 template <class T>
 JAXKEOPS_HD inline T next_below(T x) {
-#ifdef __CUDA_ARCH__
-  return nextafter(x, -infinity<T>());
-#else
-  return std::nextafter(x, -infinity<T>());
-#endif
+  using Bits = typename std::conditional<sizeof(T) == 4, int32_t, int64_t>::type;
+  if (x != x || x == -infinity<T>()) return x;
+  if (x == T(0)) return -std::numeric_limits<T>::denorm_min();
+  const Bits b = jaxkeops::detail::bit_cast<Bits>(x);
+  return jaxkeops::detail::bit_cast<T>(x > T(0) ? b - 1 : b + 1);
 }
 
 JAXKEOPS_HD inline double log_double(double x) {
@@ -155,7 +157,7 @@ struct ExpSumAcc {
 
   // A new maximum: everything summed so far is relative to the old one.
   JAXKEOPS_HD void rebase(T score) {
-    const T f = Exp::exp(m - score);
+    const T f = Exp::exp_le0(m - score);
     den_tile *= f;
     den *= static_cast<double>(f);
 #pragma unroll
@@ -169,7 +171,7 @@ struct ExpSumAcc {
   // `score` already in Exp's units.
   JAXKEOPS_HD void push(T score, const T* w) {
     if (score > m) rebase(score);
-    const T e = Exp::exp(score - m);
+    const T e = Exp::exp_le0(score - m);
     if constexpr (kDenominator) den_tile += e;
     if constexpr (kWeighted) {
 #pragma unroll

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <type_traits>
 
 #include "fused/accumulators.h"
@@ -167,6 +168,16 @@ inline void plan_call(FusedCall* c, int rows_per_block, int chunk, int sm_count)
     case Family::kMinMax: c->state_size = int32_t(2 * dim); break;
     case Family::kKMin: c->state_size = int32_t(2 * dim * c->k); break;
   }
+}
+
+// "" or why a planned call is too large for the kernels' 32-bit index arithmetic.
+inline std::string check_plan(const FusedCall& c) {
+  const int64_t items = c.batch_count * c.n_chunks * c.row_blocks * c.n_splits;
+  const int64_t rows = c.batch_count * c.n_chunks * c.n_outer;
+  if (items < kMaxIndex && rows < kMaxIndex) return "";
+  return "the call has " + std::to_string(items) + " work items and " + std::to_string(rows) +
+         " output rows (times value chunks) per launch; the fused kernels handle fewer than "
+         "2^31 of each";
 }
 
 // Doubles of state buffer a planned call needs (0: none).

@@ -37,12 +37,10 @@ void emulate_launch(const FusedCall& call) {
   if (call.n_splits > 1) {
     const int64_t rows = call.batch_count * call.n_chunks * call.n_outer;
     cpu::parallel_for(rows, [&](int64_t r) {
-      const int64_t row = r % call.n_outer;
-      const int32_t chunk = int32_t(r / call.n_outer % call.n_chunks);
-      const int64_t b = r / call.n_outer / call.n_chunks;
-      const int c0 = chunk * call.chunk;
+      const CombineRow cr = combine_row_of(call, r);
+      const int c0 = cr.chunk * call.chunk;
       const int nc = call.value_dim - c0 < call.chunk ? call.value_dim - c0 : call.chunk;
-      RowState<T, Acc>::combine_row(call, b, row, c0, nc);
+      RowState<T, Acc>::combine_row(call, cr.b, cr.row, c0, nc);
     });
   }
 }

@@ -23,29 +23,32 @@ namespace {
 constexpr int kEmulatedSms = 132;
 
 template <class T>
-void run(const DecodedCall& d, bool allow_hot) {
+std::string run(const DecodedCall& d, bool allow_hot) {
+  std::string error;
   for (FusedCall call : launches_of(d)) {
     visit_body<T>(call, allow_hot, [&](auto tag) {
       using Body = typename decltype(tag)::type;
       plan_call(&call, kThreads * Body::kRowsPerThread, BodyChunk<Body>::value, kEmulatedSms);
+      error = check_plan(call);
+      if (!error.empty()) return;
       std::vector<double> state(state_doubles(call));
       call.state = state.empty() ? nullptr : state.data();
       emulate_launch<T, Body>(call);
     });
+    if (!error.empty()) break;
   }
+  return error;
 }
 
 ffi::Error fused_impl(ffi::RemainingArgs args, ffi::RemainingRets rets, int32_t score,
                       int32_t phi, ffi::Span<const int32_t> program, int32_t factor,
                       int32_t reduction, int32_t k) {
   DecodedCall d;
-  const std::string error =
-      decode_call(args, rets, score, phi, program, factor, reduction, k, &d);
+  std::string error = decode_call(args, rets, score, phi, program, factor, reduction, k, &d);
+  if (error.empty())
+    error = d.dtype == ffi::DataType::F32 ? run<float>(d, allow_hot_bodies.load())
+                                          : run<double>(d, allow_hot_bodies.load());
   if (!error.empty()) return ffi::Error::InvalidArgument("jaxkeops_fused: " + error);
-  if (d.dtype == ffi::DataType::F32)
-    run<float>(d, allow_hot_bodies.load());
-  else
-    run<double>(d, allow_hot_bodies.load());
   return ffi::Error::Success();
 }
 

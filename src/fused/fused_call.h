@@ -65,13 +65,19 @@ struct FusedCall {
   double* state;             // (batch, n_outer, n_splits, state_size), or null when unused
 };
 
+// Index arithmetic is 32-bit where it divides (a 64-bit division is a call on the GPU, which
+// costs the kernels a stack frame): the handlers reject calls whose work items, batch problems
+// or combined rows reach 2^31.
+inline constexpr int64_t kMaxIndex = int64_t(1) << 31;
+
 // Offset in elements of operand `k`'s slice of device batch problem `b`.
 JAXKEOPS_HD inline int64_t batch_offset(const FusedCall& c, int k, int64_t b) {
   int64_t off = 0;
+  uint32_t rest = static_cast<uint32_t>(b);
   for (int d = c.batch_rank; d-- > 0;) {
-    const int64_t idx = b % c.batch_dims[d];
-    b /= c.batch_dims[d];
-    off += idx * c.in_stride[k][d];
+    const uint32_t n = static_cast<uint32_t>(c.batch_dims[d]);
+    off += static_cast<int64_t>(rest % n) * c.in_stride[k][d];
+    rest /= n;
   }
   return off;
 }

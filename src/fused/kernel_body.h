@@ -42,14 +42,36 @@ struct WorkItem {
 };
 
 JAXKEOPS_HD inline WorkItem work_item(const FusedCall& call, int64_t item) {
+  uint32_t rest = static_cast<uint32_t>(item);  // < kMaxIndex (checked by the handlers)
+  const uint32_t splits = static_cast<uint32_t>(call.n_splits);
+  const uint32_t row_blocks = static_cast<uint32_t>(call.row_blocks);
+  const uint32_t chunks = static_cast<uint32_t>(call.n_chunks);
   WorkItem w;
-  w.split = item % call.n_splits;
-  item /= call.n_splits;
-  w.row_block = item % call.row_blocks;
-  item /= call.row_blocks;
-  w.chunk = static_cast<int32_t>(item % call.n_chunks);
-  w.b = item / call.n_chunks;
+  w.split = rest % splits;
+  rest /= splits;
+  w.row_block = rest % row_blocks;
+  rest /= row_blocks;
+  w.chunk = static_cast<int32_t>(rest % chunks);
+  w.b = rest / chunks;
   return w;
+}
+
+// Row r of the combine pass: (problem, chunk, output row).
+struct CombineRow {
+  int64_t b, row;
+  int32_t chunk;
+};
+
+JAXKEOPS_HD inline CombineRow combine_row_of(const FusedCall& call, int64_t r) {
+  uint32_t rest = static_cast<uint32_t>(r);  // < kMaxIndex (checked by the handlers)
+  const uint32_t n_outer = static_cast<uint32_t>(call.n_outer);
+  const uint32_t chunks = static_cast<uint32_t>(call.n_chunks);
+  CombineRow c;
+  c.row = rest % n_outer;
+  rest /= n_outer;
+  c.chunk = static_cast<int32_t>(rest % chunks);
+  c.b = rest / chunks;
+  return c;
 }
 
 // The state slot of output row `row` of problem b, split s.
@@ -60,7 +82,8 @@ JAXKEOPS_HD inline double* state_slot(const FusedCall& call, int64_t b, int64_t 
 // Tiles [first, end) of a split.
 JAXKEOPS_HD inline void split_tiles(const FusedCall& call, int64_t split, int64_t* first,
                                     int64_t* end) {
-  const int64_t n_tiles = (call.n_inner + call.tile - 1) / call.tile;
+  const int64_t n_tiles = static_cast<uint32_t>(call.n_inner + call.tile - 1) /
+                          static_cast<uint32_t>(call.tile);  // n_inner < 2^31
   *first = split * call.tiles_per_split;
   const int64_t e = *first + call.tiles_per_split;
   *end = e < n_tiles ? e : n_tiles;
@@ -135,6 +158,9 @@ struct GenericRow {
   using Accumulator = Acc;
   static constexpr int kRowsPerThread = 1;
   static constexpr bool kStaged = false;
+  static constexpr int W = 1;  // staged values per inner point (none: a dummy tile)
+  // CUDA __launch_bounds__ minimum blocks per SM (0: ptxas's choice of registers).
+  static constexpr int kMinBlocks = 0;
 
   Acc acc;
   int64_t row;
@@ -268,6 +294,9 @@ struct HotRows {
   // Exp units where t feeds an exp: the exp-affine φ, or an exp-sum reducer of affine scores.
   static constexpr bool kScaled = PhiK == kExpAffine || kExpSum;
   static constexpr T kFold = kScaled ? ScaledExp<T>::kScale : T(1);
+  // CUDA __launch_bounds__ minimum blocks per SM: the K-min body needs up to 128 registers
+  // (ptxas's own choice spills); the others fit ptxas's choice.
+  static constexpr int kMinBlocks = IsKMin<Acc>::value ? 4 : 0;
 
   T x[R][DC];
   T u[R];
@@ -308,15 +337,12 @@ struct HotRows {
     }
   }
 
-  JAXKEOPS_HD void pair(const T* y, int32_t j) {
+  JAXKEOPS_HD void pair(const T* y, int32_t) {
     const T extra = y[DC];
 #pragma unroll
     for (int r = 0; r < R; ++r) {
-      const T s = score_fixed<S, DC>(x[r], y, static_cast<const T*>(nullptr));
-      const T t = coef * s + (X == Extra::kV ? u[r] + extra : u[r]);
-      if constexpr (IsKMin<Acc>::value) {
-        acc[r].take(0, t, j);
-      } else if constexpr (kExpSum) {
+      const T t = argument(r, y);
+      if constexpr (kExpSum) {
         acc[r].push(t, static_cast<const T*>(nullptr));
       } else {
         const T f = PhiK == kExpAffine ? ScaledExp<T>::exp(t) : t;
@@ -325,17 +351,77 @@ struct HotRows {
     }
   }
 
+  // The affine argument of row r and staged row y.
+  JAXKEOPS_HD T argument(int r, const T* y) const {
+    const T s = score_fixed<S, DC>(x[r], y, static_cast<const T*>(nullptr));
+    return coef * s + (X == Extra::kV ? u[r] + y[DC] : u[r]);
+  }
+
   JAXKEOPS_HD void tile(const FusedCall&, const Problem<T>&, const T* staged, int64_t j0, int n) {
     const int32_t jb = static_cast<int32_t>(j0);
-    // ---- hot inner loop: one staged row serves R rows.
+    if constexpr (IsKMin<Acc>::value) {
+      tile_kmin(staged, jb, n);
+    } else {
+      // ---- hot inner loop: one staged row serves R rows.
 #pragma unroll 4
-    for (int l = 0; l < n; ++l) {
-      T y[W];
-      load_row<W>(staged + l * W, y);
-      pair(y, jb + l);
+      for (int l = 0; l < n; ++l) {
+        T y[W];
+        load_row<W>(staged + l * W, y);
+        pair(y, jb + l);
+      }
     }
 #pragma unroll
     for (int r = 0; r < R; ++r) acc[r].end_tile(1);
+  }
+
+  // K-min: the hot loop only compares with the threshold and marks candidates in a 32-bit mask
+  // per row; the insertions run afterwards from one place (inlining them at every unrolled
+  // pair would cost registers and code), re-checked against the then current threshold, which
+  // only ever decreases.
+  JAXKEOPS_HD void tile_kmin(const T* staged, int32_t jb, int n) {
+    for (int l0 = 0; l0 < n; l0 += 32) {
+      uint32_t mask[R];
+#pragma unroll
+      for (int r = 0; r < R; ++r) mask[r] = 0;
+      const T* base = staged + l0 * W;
+      if (n - l0 >= 32) {
+        // ---- hot inner loop (K-min)
+#pragma unroll
+        for (int l = 0; l < 32; ++l) {
+          T y[W];
+          load_row<W>(base + l * W, y);
+#pragma unroll
+          for (int r = 0; r < R; ++r)
+            mask[r] |= argument(r, y) <= acc[r].threshold[0] ? (1u << l) : 0u;
+        }
+      } else {
+        for (int l = 0; l < n - l0; ++l) {
+          T y[W];
+          load_row<W>(base + l * W, y);
+#pragma unroll
+          for (int r = 0; r < R; ++r)
+            mask[r] |= argument(r, y) <= acc[r].threshold[0] ? (1u << l) : 0u;
+        }
+      }
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        while (mask[r] != 0u) {
+          const int l = lowest_bit(mask[r]);
+          mask[r] &= mask[r] - 1u;
+          T y[W];
+          load_row<W>(base + l * W, y);
+          acc[r].take(0, argument(r, y), jb + l0 + l);
+        }
+      }
+    }
+  }
+
+  JAXKEOPS_HD static int lowest_bit(uint32_t m) {
+#ifdef __CUDA_ARCH__
+    return __ffs(m) - 1;
+#else
+    return __builtin_ctz(m);
+#endif
   }
 
   JAXKEOPS_HD void finish(const FusedCall& call, const Problem<T>& p, const WorkItem& w) const {
