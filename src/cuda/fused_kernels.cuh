@@ -41,7 +41,7 @@ __global__ void __launch_bounds__(kThreads, Body::kMinBlocks)
 
 // Merges the split states of each (problem, chunk, row), in inner order, and writes outputs.
 template <class T, class Acc>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 1)
     jaxkeops_fused_combine(const __grid_constant__ FusedCall call) {
   const int64_t rows = call.batch_count * call.n_chunks * call.n_outer;
   for (int64_t r = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; r < rows;

@@ -88,34 +88,42 @@ void visit_hot_d(const FusedCall& c, HotKind kind, F&& f) {
   }
 }
 
-template <class T, class F>
-void visit_generic(const FusedCall& c, F&& f) {
+template <class T, bool P, class F>
+void visit_generic_family(const FusedCall& c, F&& f) {
   constexpr int CH = kGenericChunk;
   switch (static_cast<Family>(c.family)) {
-    case Family::kSum: f(BodyTag<GenericRow<T, SumAcc<T, CH>, CH>>{}); break;
+    case Family::kSum: f(BodyTag<GenericRow<T, SumAcc<T, CH>, CH, P>>{}); break;
     case Family::kExpSum:
       switch (static_cast<ExpKind>(c.exp_kind)) {
         case ExpKind::kLogSumExp:
-          f(BodyTag<GenericRow<T, ExpSumAcc<T, CH, NaturalExp<T>, ExpKind::kLogSumExp>, CH>>{});
+          f(BodyTag<GenericRow<T, ExpSumAcc<T, CH, NaturalExp<T>, ExpKind::kLogSumExp>, CH, P>>{});
           break;
         case ExpKind::kLogSumExpWeight:
-          f(BodyTag<
-              GenericRow<T, ExpSumAcc<T, CH, NaturalExp<T>, ExpKind::kLogSumExpWeight>, CH>>{});
+          f(BodyTag<GenericRow<T, ExpSumAcc<T, CH, NaturalExp<T>, ExpKind::kLogSumExpWeight>, CH,
+                               P>>{});
           break;
         case ExpKind::kSumSoftMaxWeight:
-          f(BodyTag<
-              GenericRow<T, ExpSumAcc<T, CH, NaturalExp<T>, ExpKind::kSumSoftMaxWeight>, CH>>{});
+          f(BodyTag<GenericRow<T, ExpSumAcc<T, CH, NaturalExp<T>, ExpKind::kSumSoftMaxWeight>, CH,
+                               P>>{});
           break;
       }
       break;
     case Family::kMinMax:
       if (c.is_max)
-        f(BodyTag<GenericRow<T, MinMaxAcc<T, CH, true>, CH>>{});
+        f(BodyTag<GenericRow<T, MinMaxAcc<T, CH, true>, CH, P>>{});
       else
-        f(BodyTag<GenericRow<T, MinMaxAcc<T, CH, false>, CH>>{});
+        f(BodyTag<GenericRow<T, MinMaxAcc<T, CH, false>, CH, P>>{});
       break;
-    case Family::kKMin: f(BodyTag<GenericRow<T, KMinAcc<T, CH>, CH>>{}); break;
+    case Family::kKMin: f(BodyTag<GenericRow<T, KMinAcc<T, CH>, CH, P>>{}); break;
   }
+}
+
+template <class T, class F>
+void visit_generic(const FusedCall& c, F&& f) {
+  if (c.phi == kProgram)
+    visit_generic_family<T, true>(c, f);
+  else
+    visit_generic_family<T, false>(c, f);
 }
 
 // `allow_hot` false forces the generic body (tests compare both).
@@ -134,8 +142,8 @@ void visit_body(const FusedCall& c, bool allow_hot, F&& f) {
 // Value components per pass of a body (1 for the hot ones).
 template <class B>
 struct BodyChunk;
-template <class T, class Acc, int CH>
-struct BodyChunk<GenericRow<T, Acc, CH>> : std::integral_constant<int, CH> {};
+template <class T, class Acc, int CH, bool P>
+struct BodyChunk<GenericRow<T, Acc, CH, P>> : std::integral_constant<int, CH> {};
 template <class T, int S, int PhiK, int DC, int R, class Acc, Extra X>
 struct BodyChunk<HotRows<T, S, PhiK, DC, R, Acc, X>> : std::integral_constant<int, 1> {};
 

@@ -151,16 +151,19 @@ struct RowState {
   }
 };
 
-// ---------------------------------------------------------------- the generic body
+// ---------------------------------------------------------------- the generic bodies
 
-template <class T, class Acc, int CH>
+// Programs: whether φ may be a program (its op table brings CUDA's sin/cos, whose reduction of
+// huge arguments keeps a small array on the stack; the other kernels have no stack frame).
+template <class T, class Acc, int CH, bool Programs>
 struct GenericRow {
   using Accumulator = Acc;
   static constexpr int kRowsPerThread = 1;
   static constexpr bool kStaged = false;
   static constexpr int W = 1;  // staged values per inner point (none: a dummy tile)
-  // CUDA __launch_bounds__ minimum blocks per SM (0: ptxas's choice of registers).
-  static constexpr int kMinBlocks = 0;
+  // CUDA __launch_bounds__ minimum blocks per SM: up to 128 registers (ptxas's own choice
+  // spills in float64).
+  static constexpr int kMinBlocks = 4;
 
   Acc acc;
   int64_t row;
@@ -193,7 +196,7 @@ struct GenericRow {
       for (int32_t k = 0; k < call.NA; ++k) a += ao[k] * ai[k];
     }
     T f;
-    if (call.phi == kProgram) {
+    if (Programs && call.phi == kProgram) {
       const PhiInputs<T> in{s, a, p.u + row * call.NU, p.v + j * call.NV, p.c};
       f = run_phi_program(call.program, call.n_instr, in);
     } else {
