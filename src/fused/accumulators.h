@@ -199,8 +199,10 @@ struct ExpSumAcc {
   }
 
   JAXKEOPS_HD void store(double* st, int c0, int nc, int) const {
-    st[0] = static_cast<double>(m);
-    st[1] = den;
+    if (c0 == 0) {  // every chunk has the same m and denominator: chunk 0 writes them
+      st[0] = static_cast<double>(m);
+      st[1] = den;
+    }
     if constexpr (kWeighted) {
 #pragma unroll
       for (int c = 0; c < CH; ++c)
