@@ -18,6 +18,7 @@ find_package(CUDAToolkit REQUIRED)
 nanobind_add_module(_jaxkeops_cuda NB_STATIC
   src/cuda/module_cuda.cc
   src/cuda/ffi_cuda.cc
+  src/cuda/launch_plan.cc
   src/cuda/executor.cu)
 target_include_directories(_jaxkeops_cuda PRIVATE
   "${CMAKE_CURRENT_SOURCE_DIR}/src"
