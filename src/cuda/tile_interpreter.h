@@ -252,8 +252,13 @@ JAXKEOPS_HD inline void pair_unary(T* o, int ods, int od, View<T> a) {
     const T* pa = a.p + d * a.ds;
     T* po = o + d * ods;
     if (VA) {
+      // All loads first: the output may alias an operand as far as the compiler knows, and
+      // interleaved loads and stores would serialise on memory latency.
+      T x[S];
 #pragma unroll
-      for (int s = 0; s < S; ++s) po[s] = F::apply(pa[s]);
+      for (int s = 0; s < S; ++s) x[s] = pa[s];
+#pragma unroll
+      for (int s = 0; s < S; ++s) po[s] = F::apply(x[s]);
     } else {
       const T x = F::apply(pa[0]);
 #pragma unroll
@@ -268,17 +273,15 @@ JAXKEOPS_HD inline void pair_binary(T* o, int ods, int od, View<T> a, View<T> b)
     const T* pa = a.p + d * a.ds;
     const T* pb = b.p + d * b.ds;
     T* po = o + d * ods;
-    if (VA && VB) {
+    if (VA || VB) {  // all loads first (see pair_unary)
+      T x[S], y[S];
 #pragma unroll
-      for (int s = 0; s < S; ++s) po[s] = F::apply(pa[s], pb[s]);
-    } else if (VA) {
-      const T y = pb[0];
+      for (int s = 0; s < S; ++s) {
+        x[s] = pa[VA ? s : 0];
+        y[s] = pb[VB ? s : 0];
+      }
 #pragma unroll
-      for (int s = 0; s < S; ++s) po[s] = F::apply(pa[s], y);
-    } else if (VB) {
-      const T x = pa[0];
-#pragma unroll
-      for (int s = 0; s < S; ++s) po[s] = F::apply(x, pb[s]);
+      for (int s = 0; s < S; ++s) po[s] = F::apply(x[s], y[s]);
     } else {
       const T z = F::apply(pa[0], pb[0]);
 #pragma unroll
