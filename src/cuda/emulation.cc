@@ -108,12 +108,15 @@ void run_launch(const DevProgram& p, const DevReduction& red, const DevCall& c,
         if (row_of(t) >= c.n_outer) continue;
         const int32_t slot = blk * block + t;
         PairCtx<T> pc;
-        pc.params = params;
-        pc.file = static_cast<const T*>(g.file) + slot;
-        pc.file_ds = n_slots;
-        pc.tile_ds = g.tile;
+        pc.base[kParam] = params;
+        pc.base[kOuter] = static_cast<const T*>(g.file) + slot;
+        pc.ds[kParam] = 1;
+        pc.ds[kOuter] = n_slots;
+        pc.ds[kInner] = g.tile;
         pc.pr = g.pair ? static_cast<T*>(g.pair) + slot * kSubTile : pair_local.data();
         pc.pr_ds = g.pair ? n_slots * kSubTile : kSubTile;
+        pc.base[kPair] = pc.pr;
+        pc.ds[kPair] = pc.pr_ds;
         pair_tile<T, Ops>(p, prog.data(), red, pc, tile, nv, t0, state_of(t));
       }
     }

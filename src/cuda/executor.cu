@@ -72,11 +72,14 @@ __global__ void reduce_kernel(const __grid_constant__ DevProgram p,
   const bool has_inner = p.phase_begin[kInner + 1] > p.phase_begin[kInner];
 
   PairCtx<T> pc;
-  pc.file = static_cast<const T*>(g.file) + slot;
-  pc.file_ds = n_slots;
-  pc.tile_ds = g.tile;
+  pc.base[kOuter] = static_cast<const T*>(g.file) + slot;
+  pc.ds[kParam] = 1;
+  pc.ds[kOuter] = n_slots;
+  pc.ds[kInner] = g.tile;
   pc.pr = g.pair ? static_cast<T*>(g.pair) + slot * kSubTile : pair_local;
   pc.pr_ds = g.pair ? n_slots * kSubTile : kSubTile;
+  pc.base[kPair] = pc.pr;
+  pc.ds[kPair] = pc.pr_ds;
 
   Frame<T> f{};
   f.stride[kParam] = 1;
@@ -88,7 +91,7 @@ __global__ void reduce_kernel(const __grid_constant__ DevProgram p,
     const WorkItem w = work_item(g, c, item);
     f.b = w.b;
     f.base[kParam] = static_cast<T*>(g.params) + w.b * p.param_size;
-    pc.params = f.base[kParam];
+    pc.base[kParam] = f.base[kParam];
     f.row = w.row_block * blockDim.x + threadIdx.x;
     const bool valid = f.row < c.n_outer;
 

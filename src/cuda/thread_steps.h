@@ -48,7 +48,7 @@ JAXKEOPS_HD inline void pair_tile(const DevProgram& p, const PairInstr* prog,
                                   const DevReduction& red, PairCtx<T> c, const T* tile, int nv,
                                   int64_t t0, double* st) {
   for (int l0 = 0; l0 < nv; l0 += S) {
-    c.tile = tile + l0;
+    c.base[kInner] = tile + l0;
     run_pair_subtile(prog, p.n_pair, c, p.terms);
     const View<T> r0 = view_of(c, p.result_args[0]);
     const View<T> r1 = view_of(c, p.result_args[1]);

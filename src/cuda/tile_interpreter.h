@@ -210,15 +210,18 @@ JAXKEOPS_HD JAXKEOPS_NOINLINE void run_phase(const DevProgram& p, const DevCall&
 
 constexpr int S = kSubTile;
 
-// Where one thread's registers are while it runs a sub-tile. All offsets are 32-bit (the
-// workspace budget keeps every storage below 2^31 elements).
+// Where one thread's registers are while it runs a sub-tile, per role: the first element of the
+// role's storage and the stride between elements. Param: this batch problem's registers (stride
+// 1); outer: this thread's file (stride n_slots); inner: the sub-tile's first lane in the j tile
+// (stride tile width); pair: element e of lane s at pr[e * pr_ds + s]. Indexed by role, so that
+// an operand's address is two loads and a multiply-add, without branches. All offsets are 32-bit
+// (the workspace budget keeps every storage below 2^31 elements).
 template <class T>
 struct PairCtx {
-  const T* params;   // this batch problem's param registers (element stride 1)
-  const T* file;     // this thread's first outer element; element stride file_ds
-  const T* tile;     // the sub-tile's first lane in the j tile; element stride tile_ds
-  T* pr;             // pair registers: element e of lane s at pr[e * pr_ds + s]
-  int32_t file_ds, tile_ds, pr_ds;
+  const T* base[4];
+  int32_t ds[4];
+  T* pr;  // == base[kPair], writable
+  int32_t pr_ds;
 };
 
 // A register as seen by a sub-tile: element d of lane s is p[d * ds + (vary ? s : 0)].
@@ -234,15 +237,8 @@ struct View {
 
 template <class T>
 JAXKEOPS_HD inline View<T> view_of(const PairCtx<T>& c, const PairArg& a) {
-  View<T> v;
-  switch (a.role) {
-    case kParam: v = {c.params + a.offset, 1, 0}; break;
-    case kOuter: v = {c.file + a.offset * c.file_ds, c.file_ds, 0}; break;
-    case kInner: v = {c.tile + a.offset * c.tile_ds, c.tile_ds, 1}; break;
-    default: v = {c.pr + a.offset * c.pr_ds, c.pr_ds, 1}; break;
-  }
-  if (a.dim == 1) v.ds = 0;
-  return v;
+  const int32_t ds = c.ds[a.role];
+  return {c.base[a.role] + a.offset * ds, a.dim == 1 ? 0 : ds, a.role >= kInner ? 1 : 0};
 }
 
 // Elementwise ops, specialised on which arguments vary over the sub-tile; the lane loops unroll.
