@@ -7,6 +7,7 @@ axes, D in {1, 3, 8, 17}, float32 and float64, sizes 1 and ragged tiles, every o
 batch dims with broadcasting, the split reduction, an empty reduced axis, NaN and ties."""
 
 import contextlib
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -46,18 +47,36 @@ def emulated():
 
 def grids(lazy, formulas, axis):
     """The float64 grids (n_outer, n_inner, dim) of formulas over lazy's variables (the project's
-    dense reference, jaxkeops.reference.grid_values)."""
-    cats = tuple(v.cat for v in lazy.variables)
-    ops = [jnp.asarray(v.array, jnp.float64) for v in lazy.variables]
-    n_outer, n_inner = (lazy.ni or 1, lazy.nj or 1)[:: 1 if axis == 1 else -1]
-    return [np.asarray(g) for g in
-            reference.grid_values(tuple(formulas), cats, ops, axis, n_outer, n_inner)]
+    dense reference, jaxkeops.reference.grid_values), evaluated once per formula set: the grid
+    over i (axis 0) is the transpose of the grid over j."""
+    key = (id(lazy), tuple(formulas))
+    if key not in _GRIDS:
+        cats = tuple(v.cat for v in lazy.variables)
+        ops = [jnp.asarray(v.array, jnp.float64) for v in lazy.variables]
+        g = _jit_grids(tuple(formulas), cats, lazy.ni or 1, lazy.nj or 1, *ops)
+        _GRIDS.clear()  # one carrier at a time; keeps `lazy` alive so that its id stays unique
+        _GRIDS[key] = (lazy, [np.asarray(x) for x in g])
+    g = _GRIDS[key][1]
+    return g if axis == 1 else [x.transpose(1, 0, 2) for x in g]
+
+
+_GRIDS = {}
+
+
+# Jitted: one compilation per formula instead of one per jnp op (test time).
+@partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _jit_grids(formulas, cats, ni, nj, *operands):
+    return reference.grid_values(formulas, cats, operands, 1, ni, nj)
 
 
 def oracle(lazy, reduction, axis, formulas=None, params=()):
     """The dense float64 oracle: the reference grid reduced in numpy (as tests/oracle.py's
-    `dense`, two orders of magnitude faster at these sizes, which keeps this file fast)."""
-    g = grids(lazy, formulas or (lazy.formula,), axis)
+    `dense`, much faster at these sizes, which keeps this file fast)."""
+    return reduce_grids(reduction, grids(lazy, formulas or (lazy.formula,), axis), params)
+
+
+def reduce_grids(reduction, g, params=()):
+    """The reduction of the float64 grids g (scores, then weights) over their axis 1."""
     s = g[0]
     with np.errstate(all="ignore"):
         if reduction == "Sum":
@@ -136,17 +155,19 @@ def check_reduction(lazy, reduction, axis, dtype, score, vector, weight):
         F, formulas, params = vector, None, (K,)
     else:
         F, formulas, params = vector, None, ()
-    outs = run(lazy, reduction, axis, formulas=formulas or (F.formula,), params=params)
-    refs = oracle(lazy, reduction, axis, formulas=formulas or (F.formula,), params=params)
+    formulas = formulas or (F.formula,)
+    outs = run(lazy, reduction, axis, formulas=formulas, params=params)
+    gs = grids(lazy, formulas, axis)
+    refs = reduce_grids(reduction, gs, params)
     assert len(outs) == len(refs)
-    g = grids(lazy, (F.formula,), axis)[0]
+    g = gs[0]
     for out, ref in zip(outs, refs):
         assert out.shape == ref.shape
         if np.issubdtype(ref.dtype, np.integer):
             assert out.dtype == INDEX
             # Indices select values equal to the oracle's best (float32 may swap near-ties).
-            best = refs[0] if len(refs) == 2 else oracle(
-                lazy, reduction.replace("Arg", ""), axis, formulas=(F.formula,), params=params)[0]
+            best = refs[0] if len(refs) == 2 else reduce_grids(
+                reduction.replace("Arg", ""), gs, params)[0]
             n_inner = g.shape[1]
             assert (out >= 0).all() and (out < n_inner).all()
             rows = np.arange(g.shape[0]).reshape((-1,) + (1,) * (out.ndim - 1))
@@ -162,7 +183,7 @@ def check_reduction(lazy, reduction, axis, dtype, score, vector, weight):
                 assert (np.diff(srt, axis=1) > 0).all()
         else:
             assert out.dtype == dtype
-            scale = abs_sum(F, axis) if reduction == "Sum" else None
+            scale = np.abs(g).sum(1) if reduction == "Sum" else None
             assert_close(out, ref, dtype, rtol32=2e-5 if reduction != "Sum" else 1e-5,
                          rtol64=1e-11, scale=scale)
 
@@ -174,22 +195,20 @@ def test_every_reduction_both_axes_dims(emulated, rng, reduction, dtype):
     array and live in the workspace), both axes, one of the sizes above per D (and (1, 1))."""
     configs = [(1, SIZES[0]), (1, SIZES[1]), (3, SIZES[2]), (8, SIZES[3]), (17, SIZES[1])]
     for D, (M, N) in configs:
+        x = rng.normal(size=(M, D)).astype(dtype)
+        y = rng.normal(size=(N, D)).astype(dtype)
+        wi = rng.uniform(0.5, 1.5, size=(M, D)).astype(dtype)  # positive: logs of their sums
+        wj = rng.uniform(0.5, 1.5, size=(N, D)).astype(dtype)
+        x_i, y_j = Vi(x), Vj(y)
+        # Variables x, y (Var 0, 1) in every formula, then the weights: one numbering.
+        score = x_i.sqdist(y_j) * -0.5 + (x_i | y_j)
+        vector = (x_i - y_j) * (x_i + 0.5)
+        weight = (x_i - y_j).sum(-1).exp() * Vi(wi) * Vj(wj)
+        lazy = score + vector.sum(-1) + weight.sum(-1)  # carries every variable
         for axis in (0, 1):
-            if True:
-                n_outer, n_inner = (M, N) if axis == 1 else (N, M)
-                if reduction.startswith("K") or reduction == "ArgKMin":
-                    if n_inner < 3:
-                        continue
-                x = rng.normal(size=(M, D)).astype(dtype)
-                y = rng.normal(size=(N, D)).astype(dtype)
-                w = rng.uniform(0.5, 1.5, size=(n_inner, D)).astype(dtype)  # log of its sums
-                x_i, y_j = Vi(x), Vj(y)
-                # Variables x, y (Var 0, 1) in every formula, then w (Var 2): one numbering.
-                score = x_i.sqdist(y_j) * -0.5 + (x_i | y_j)
-                vector = (x_i - y_j) * (x_i + 0.5)
-                weight = (x_i - y_j).sum(-1).exp() * (Vj(w) if axis == 1 else Vi(w))
-                lazy = score + vector.sum(-1) + weight.sum(-1)  # carries every variable
-                check_reduction(lazy, reduction, axis, dtype, score, vector, weight)
+            if (reduction.startswith("K") or reduction == "ArgKMin") and (N, M)[axis] < 3:
+                continue
+            check_reduction(lazy, reduction, axis, dtype, score, vector, weight)
 
 
 # ---------------------------------------------------------------- every op
@@ -206,9 +225,9 @@ def test_every_op_through_the_tile_interpreter(emulated, rng):
         F = _formula(case, cats, arrays, u, v)
         for axis in (0, 1):
             (out,) = run(F, "Sum", axis)
-            (ref,) = oracle(F, "Sum", axis)
+            (g,) = grids(F, (F.formula,), axis)
             assert out.dtype == dtype, case.name
-            assert_close(out, ref, dtype, rtol32=1e-4, rtol64=1e-10, scale=abs_sum(F, axis))
+            assert_close(out, g.sum(1), dtype, rtol32=1e-4, rtol64=1e-10, scale=np.abs(g).sum(1))
 
 
 def test_extract_transposed_and_uniform_pair_operands(emulated, rng):
@@ -321,3 +340,26 @@ def test_nan_inf_and_masked_scores(emulated, rng):
         assert (i == 0).all()
     (i,) = run(T_, "ArgKMin", 1, params=(5,))
     np.testing.assert_array_equal(i, np.tile(np.arange(5), (M, 1)))
+
+
+def test_wide_registers_and_long_programs_leave_shared_memory(emulated, rng):
+    """Inner registers too wide for a 16-lane tile in shared memory (D = 1000, float64: the tile
+    moves to the workspace, and so do the pair registers), and a pair program of more than 16 KiB
+    (read from global memory instead of shared memory)."""
+    x = rng.normal(size=(3, 1000))
+    y = rng.normal(size=(40, 1000))
+    F = (Vi(x) - Vj(y)).square().sum(-1)
+    for axis in (0, 1):
+        (out,) = run(F, "Sum", axis)
+        (g,) = grids(F, (F.formula,), axis)
+        assert_close(out, g.sum(1), np.float64, scale=np.abs(g).sum(1))
+    x = rng.normal(size=(5, 1))
+    y = rng.normal(size=(150, 1))
+    x_i, y_j = Vi(x), Vj(y)
+    G = x_i * 0.0
+    for k in range(90):  # 4 pair instructions per term: 360 of 68 bytes
+        G = G + ((x_i * (1.0 + k / 64) - y_j) * 0.5).square()
+    for axis in (0, 1):
+        (out,) = run(G, "Sum", axis)
+        (g,) = grids(G, (G.formula,), axis)
+        assert_close(out, g.sum(1), np.float64, scale=np.abs(g).sum(1))
