@@ -19,7 +19,8 @@ nanobind_add_module(_jaxkeops_cuda NB_STATIC
   src/cuda/module_cuda.cc
   src/cuda/ffi_cuda.cc
   src/cuda/launch_plan.cc
-  src/cuda/executor.cu)
+  src/cuda/executor_f32.cu
+  src/cuda/executor_f64.cu)
 target_include_directories(_jaxkeops_cuda PRIVATE
   "${CMAKE_CURRENT_SOURCE_DIR}/src"
   "${XLA_FFI_INCLUDE_DIR}")

@@ -1,5 +1,5 @@
 // The GPU form of a program and of one call, shared by the host handler (ffi_cuda.cc, g++) and
-// the kernels (executor.cu, nvcc). Plain structs only: they travel to the device by value as
+// the kernels (kernels.cuh, nvcc). Plain structs only: they travel to the device by value as
 // kernel parameters (__grid_constant__), so no per-call host-to-device copy is needed and the
 // launches can be captured into CUDA graphs.
 #pragma once

@@ -2,7 +2,7 @@
 //
 // Host side of the CUDA executor: decodes the program (program.h, cached), keeps one device copy
 // of its compact form per device (DeviceProgramCache), checks the buffers exactly as the CPU
-// handler does, and enqueues the kernels (executor.cu) on XLA's stream with workspace from XLA's
+// handler does, and enqueues the kernels (kernels.cuh) on XLA's stream with workspace from XLA's
 // scratch allocator. Nothing here waits for the GPU, except the one-time upload of a program the
 // first time it runs on a device.
 #include "cuda/ffi_cuda.h"

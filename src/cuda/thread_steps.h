@@ -1,5 +1,5 @@
 // The steps of one thread of the CUDA executor's reduce kernel, host+device, shared by the
-// kernels (executor.cu) and their host emulation (emulation.cc): the workspace of a launch, the
+// kernels (kernels.cuh) and their host emulation (emulation.cc): the workspace of a launch, the
 // work item decomposition, the pair work over one j tile and the end of a row.
 #pragma once
 

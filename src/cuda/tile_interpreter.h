@@ -1,5 +1,5 @@
 // The per-thread code of the CUDA executor, host+device (JAXKEOPS_HD): compiled by nvcc for the
-// kernels (executor.cu) and by the host compiler for their emulation (emulation.cc), so that CI
+// kernels (kernels.cuh) and by the host compiler for their emulation (emulation.cc), so that CI
 // checks the very code the GPU runs.
 //
 // Two interpreters:
@@ -241,6 +241,29 @@ JAXKEOPS_HD inline View<T> view_of(const PairCtx<T>& c, const PairArg& a) {
   return {c.base[a.role] + a.offset * ds, a.dim == 1 ? 0 : ds, a.role >= kInner ? 1 : 0};
 }
 
+// Lanes unrolled per loop iteration of an elementwise op: all of them for the cheap ops, 4 for
+// the ones whose inline code is long (libm-style functions), which keeps the kernels' code size
+// and build time reasonable while the dispatch stays amortised over the whole sub-tile.
+template <class F>
+inline constexpr int kUnroll = S;
+#define JAXKEOPS_LONG_OP(name) \
+  template <>              \
+  inline constexpr int kUnroll<opfn::name> = 4;
+JAXKEOPS_LONG_OP(Log)
+JAXKEOPS_LONG_OP(Sqrt)
+JAXKEOPS_LONG_OP(Sin)
+JAXKEOPS_LONG_OP(Cos)
+JAXKEOPS_LONG_OP(Asin)
+JAXKEOPS_LONG_OP(Acos)
+JAXKEOPS_LONG_OP(Atan)
+JAXKEOPS_LONG_OP(Rsqrt)
+JAXKEOPS_LONG_OP(XLogX)
+JAXKEOPS_LONG_OP(SinXDivX)
+JAXKEOPS_LONG_OP(Divide)
+JAXKEOPS_LONG_OP(Powf)
+JAXKEOPS_LONG_OP(Atan2)
+#undef JAXKEOPS_LONG_OP
+
 // Elementwise ops, specialised on which arguments vary over the sub-tile; the lane loops unroll.
 template <class T, class F, bool VA>
 JAXKEOPS_HD inline void pair_unary(T* o, int ods, int od, View<T> a) {
@@ -253,7 +276,7 @@ JAXKEOPS_HD inline void pair_unary(T* o, int ods, int od, View<T> a) {
       T x[S];
 #pragma unroll
       for (int s = 0; s < S; ++s) x[s] = pa[s];
-#pragma unroll
+#pragma unroll(kUnroll<F>)
       for (int s = 0; s < S; ++s) po[s] = F::apply(x[s]);
     } else {
       const T x = F::apply(pa[0]);
@@ -276,7 +299,7 @@ JAXKEOPS_HD inline void pair_binary(T* o, int ods, int od, View<T> a, View<T> b)
         x[s] = pa[VA ? s : 0];
         y[s] = pb[VB ? s : 0];
       }
-#pragma unroll
+#pragma unroll(kUnroll<F>)
       for (int s = 0; s < S; ++s) po[s] = F::apply(x[s], y[s]);
     } else {
       const T z = F::apply(pa[0], pb[0]);

@@ -1,4 +1,6 @@
-// CUDA executor: a tile-at-a-time register interpreter, one thread per output row.
+// CUDA executor: a tile-at-a-time register interpreter, one thread per output row. The kernels
+// and their launch, instantiated per dtype by executor_f32.cu and executor_f64.cu (two
+// translation units: they compile in parallel).
 //
 // A block holds `block` consecutive output rows of one batch problem and walks one chunk of the
 // inner axis in j tiles. Instructions are hoisted by role, as on the CPU:
@@ -17,6 +19,8 @@
 // reducer state to the workspace and combine_kernel merges them in inner order (ties keep the
 // lowest index) and writes the outputs. Everything is enqueued on XLA's stream, without any
 // synchronisation.
+#pragma once
+
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -175,10 +179,5 @@ std::string launch(const DevProgram& prog, const DevReduction& red, const DevCal
   }
   return "jaxkeops CUDA executor: unknown reduction family";
 }
-
-template std::string launch<float>(const DevProgram&, const DevReduction&, const DevCall&,
-                                   const LaunchPlan&, void*, void*);
-template std::string launch<double>(const DevProgram&, const DevReduction&, const DevCall&,
-                                    const LaunchPlan&, void*, void*);
 
 }  // namespace jaxkeops::cuda
