@@ -6,6 +6,7 @@
 // it is single-threaded and not meant for real work.
 #include "cuda/emulation.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <map>
 #include <memory>
