@@ -6,6 +6,9 @@
 #include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
 
+#include <utility>
+#include <vector>
+
 #include "ops.h"
 #include "reductions.h"
 #include "xla/ffi/api/c_api.h"
@@ -16,18 +19,17 @@
 
 namespace jaxkeops {
 
-// Defines registrations() = {"jaxkeops_reduce": capsule of `handler`, "jaxkeops_fused": capsule
-// of `fused_handler` (docs/fused-kernels.md) when given} for `platform`, and the shared tables
-// and versions.
+// Defines registrations() = {"jaxkeops_reduce": capsule of `handler`, plus `extra` targets} for
+// `platform`, and the shared tables and versions.
 inline void define_module_common(nanobind::module_& m, void* handler, const char* platform,
-                                 void* fused_handler = nullptr) {
+                                 std::vector<std::pair<const char*, void*>> extra = {}) {
   namespace nb = nanobind;
   m.def(
       "registrations",
-      [handler, fused_handler] {
+      [handler, extra] {
         nb::dict d;
         d["jaxkeops_reduce"] = nb::capsule(handler);
-        if (fused_handler) d["jaxkeops_fused"] = nb::capsule(fused_handler);
+        for (const auto& [name, target] : extra) d[name] = nb::capsule(target);
         return d;
       },
       "FFI targets of this module: {name: PyCapsule of the handler}.");

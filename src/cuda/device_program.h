@@ -1,5 +1,5 @@
 // The GPU form of a program and of one call, shared by the host handler (ffi_cuda.cc, g++) and
-// the kernels (executor.cu, nvcc). Plain structs only: they travel to the device by value as
+// the kernels (kernels.cuh, nvcc). Plain structs only: they travel to the device by value as
 // kernel parameters (__grid_constant__), so no per-call host-to-device copy is needed and the
 // launches can be captured into CUDA graphs.
 #pragma once
@@ -37,18 +37,50 @@ struct DevInstr {
   int32_t n_aux;     // Const: count; TensorDot: number of (out, a, b) terms
 };
 
+// Inner indices one dispatched pair instruction runs over, per thread (the sub-tile).
+inline constexpr int kSubTile = 16;
+// Bytes of a thread's pair registers held in its own (local) memory: 16 float or 8 double
+// elements per sub-tile lane. Programs with more pair elements keep them in the workspace.
+inline constexpr int kPairLocalBytes = 1024;
+template <class T>
+inline constexpr int kPairLocalElems = kPairLocalBytes / (kSubTile * int(sizeof(T)));
+
+// A register operand of a pair instruction, resolved on the host: its role, its first element
+// within that role's storage and its dim.
+struct PairArg {
+  int32_t role;
+  int32_t offset;
+  int32_t dim;
+};
+
+// One pair-phase instruction, pre-decoded for the tile interpreter (copied to shared memory once
+// per block). The output is always a pair register: `out` is its offset in the pair storage.
+struct PairInstr {
+  int32_t opcode;
+  int32_t out, out_dim;
+  int32_t n_args;
+  PairArg args[3];
+  int32_t ip0, ip1;  // Pow n, Round d, OneHot D, Extract / ExtractT i
+  int32_t aux;       // TensorDot: first term in `terms`
+  int32_t n_aux;     // TensorDot: number of (out, a, b) terms
+};
+
 // The decoded program on one device: pointers into one device allocation (see DeviceProgramCache).
 struct DevProgram {
   const DevReg* regs;
-  const DevInstr* instrs;
+  const DevInstr* instrs;     // param, outer and inner instructions (the scalar phases)
+  const PairInstr* pair;      // pair instructions, in program order
   const int32_t* terms;   // TensorDot (out, a, b) index triples, sorted by out per instruction
   const double* consts;   // Const values
   int32_t phase_begin[5];  // instructions of role r are [phase_begin[r], phase_begin[r + 1])
+  int32_t n_pair;          // pair instructions
   int32_t n_results;
   int32_t results[kMaxResults];
+  PairArg result_args[kMaxResults];  // the result registers, resolved
   int32_t param_size;  // elements of the param storage
-  int32_t file_size;   // elements of a thread's file (outer + pair registers)
+  int32_t file_size;   // elements of a thread's file (outer registers)
   int32_t inner_size;  // elements of one inner lane (inner registers)
+  int32_t pair_size;   // elements of one sub-tile lane of the pair registers
 };
 
 enum class Family : int32_t { kSum = 0, kExpSum = 1, kMinMax = 2, kKMin = 3 };
@@ -98,13 +130,20 @@ struct LaunchPlan {
   int64_t range = 0;        // inner indices per chunk (a multiple of tile)
   int64_t n_items = 0;      // batch_count * row_blocks * n_splits
   bool inner_in_global = false;  // j tile too large for shared memory: in the workspace
-  size_t smem = 0;          // dynamic shared memory per block
+  bool pair_in_global = false;   // pair registers above kPairLocalBytes: in the workspace
+  size_t prog_smem = 0;     // shared memory of the pre-decoded pair program (16-aligned)
+  size_t smem = 0;          // dynamic shared memory per block (program, then the j tile)
   // Workspace layout (byte offsets, 256-aligned) and total.
-  size_t off_params = 0, off_file = 0, off_inner = 0, off_state = 0, off_partial = 0;
+  size_t off_params = 0, off_file = 0, off_inner = 0, off_pair = 0, off_state = 0,
+         off_partial = 0;
   size_t bytes = 0;
 };
 
-// Chooses the launch shape of a call. Returns false with *error on an unsupported size.
+// State of small reducers lives in the thread (local memory); larger ones in the workspace.
+inline constexpr int kLocalState = 32;
+
+// Chooses the launch shape of a call (launch_plan.cc: shared by the CUDA module and the host
+// emulation). Returns false with *error on an unsupported size.
 bool plan_launch(const DevProgram& prog, const DevReduction& red, const DevCall& call,
                  int sm_count, size_t elem_size, LaunchPlan* plan, std::string* error);
 

@@ -7,5 +7,5 @@
 NB_MODULE(_jaxkeops_cuda, m) {
   m.doc() = "jaxkeops CUDA executor (XLA FFI handlers and the native op/reduction tables)";
   jaxkeops::define_module_common(m, reinterpret_cast<void*>(&jaxkeops_reduce_cuda), "CUDA",
-                                 reinterpret_cast<void*>(&jaxkeops_fused_cuda));
+                                 {{"jaxkeops_fused", reinterpret_cast<void*>(&jaxkeops_fused_cuda)}});
 }
