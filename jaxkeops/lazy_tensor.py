@@ -618,10 +618,13 @@ class LazyTensor:
                             nj if axis == 1 else ni)
         except ValueError as e:
             raise ValueError(f"{method}: {e}") from None
+        var_cats = [v.cat for v in self.variables]
+        formulas, operands, var_cats = _pack_weak_scalars(
+            formulas, operands, var_cats, [v.weak for v in self.variables])
         outs = keops_reduce(
             operands,
             formulas=formulas,
-            var_cats=[v.cat for v in self.variables],
+            var_cats=var_cats,
             reduction=reduction,
             reduction_params=reduction_params,
             axis=axis,
@@ -997,6 +1000,30 @@ def _unflatten_lazy_tensor(aux, leaves) -> LazyTensor:
 
 
 jax.tree_util.register_pytree_node(LazyTensor, _flatten_lazy_tensor, _unflatten_lazy_tensor)
+
+
+def _pack_weak_scalars(formulas, operands, var_cats, weak):
+    """Weakly typed scalars (non-integer Python constants, Pm(0.5)) as one parameter vector:
+    a formula with many constants stays within the kernels' operand limits (64 on CUDA), and
+    each constant is read by an Extract of that vector (param role: computed once per call)."""
+    packed = [k for k, w in enumerate(weak) if w and var_cats[k] == CAT_P]
+    if len(packed) < 2:
+        return formulas, operands, var_cats
+    kept = [k for k in range(len(operands)) if k not in packed]
+    renumber = {old: new for new, old in enumerate(kept)}
+    vector = Var(len(kept), len(packed), CAT_P)
+    slot = {k: apply_op("Extract", (vector,), (pos, 1)) for pos, k in enumerate(packed)}
+
+    def leaf_map(leaf):
+        if not isinstance(leaf, Var):
+            return None
+        return slot[leaf.index] if leaf.index in slot else Var(renumber[leaf.index], leaf.dim,
+                                                                  leaf.cat)
+
+    formulas = tuple(substitute(f, leaf_map) for f in formulas)
+    values = jnp.concatenate([operands[k] for k in packed], axis=-1)
+    return (formulas, [operands[k] for k in kept] + [values],
+            [var_cats[k] for k in kept] + [CAT_P])
 
 
 def _check_axis_type(method: str, **axes) -> None:

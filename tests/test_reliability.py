@@ -271,3 +271,32 @@ def test_eager_calls_with_varying_constants_reuse_one_program(rng):
     assert len(sizes) == 1  # one program for all twelve constants
     # Integer constants stay in the formula (derivative rules, powers, 1 / (1 + s)).
     assert "IntCst(2)" in repr((Vi(x) * 2).formula)
+
+
+def test_many_constants_travel_as_one_parameter_vector(rng):
+    x = rng.standard_normal((23, 1))
+    y = rng.standard_normal((31, 1))
+    coefficients = 0.3 + 0.01 * np.arange(100)  # 100 non-integer constants: a polynomial
+
+    def poly(x, y):
+        d = Vi(x) - Vj(y)
+        F = d * 0.0
+        for c in coefficients:
+            F = F * d + float(c)
+        return F.sum(axis=1)
+
+    jaxpr = jax.make_jaxpr(poly)(x, y)
+    (eqn,) = [e for e in jaxpr.eqns if e.primitive.name == "keops_reduce"]
+    assert len(eqn.invars) == 3  # x, y and one vector of the 100 constants (CUDA allows 64)
+    d = x - y.T
+    expected = np.zeros_like(d)
+    for c in coefficients:
+        expected = expected * d + c
+    np.testing.assert_allclose(poly(x, y), expected.sum(1, keepdims=True), rtol=1e-10)
+    g = jax.grad(lambda x: poly(x, y).sum())(x)
+    deriv = np.zeros_like(d)
+    value = np.zeros_like(d)
+    for c in coefficients:
+        deriv = deriv * d + value
+        value = value * d + c
+    np.testing.assert_allclose(g, deriv.sum(1, keepdims=True), rtol=1e-9)

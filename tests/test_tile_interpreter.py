@@ -147,15 +147,21 @@ REDUCTIONS = ["Sum", "LogSumExp", "LogSumExpWeight", "SumSoftMaxWeight", "Min", 
 def check_reduction(lazy, reduction, axis, dtype, score, vector, weight):
     """One reduction of `vector` (dim D) or `score` (dim 1, with `weight`) against the oracle."""
     K = 3
+
+    def in_lazy(F):
+        """F's formula numbered as `lazy`'s variables (lazy holds all of F's, parameters from
+        non-integer constants included)."""
+        return lazy._merge(F)[0]
+
     if reduction in ("LogSumExp",):
         F, formulas, params = score, None, ()
     elif reduction in ("LogSumExpWeight", "SumSoftMaxWeight"):
-        F, formulas, params = score, (score.formula, weight.formula), ()
+        F, formulas, params = score, (in_lazy(score), in_lazy(weight)), ()
     elif reduction.startswith("K") or reduction == "ArgKMin":
         F, formulas, params = vector, None, (K,)
     else:
         F, formulas, params = vector, None, ()
-    formulas = formulas or (F.formula,)
+    formulas = formulas or (in_lazy(F),)
     outs = run(lazy, reduction, axis, formulas=formulas, params=params)
     gs = grids(lazy, formulas, axis)
     refs = reduce_grids(reduction, gs, params)
