@@ -307,12 +307,52 @@ class _Matcher:
                         else None
                     if pair is not None:
                         return _Score(SCORE_WEIGHTED, *pair, node, weights=w)
-            pair = self.oriented(*node.args)
+            pair = self.oriented(*node.args) or self.separable(node)
             return None if pair is None else _Score(SCORE_DOT, *pair, node)
         if _is(node, "Mult") and node.dim == 1:
             pair = self.oriented(*node.args)
             return None if pair is None else _Score(SCORE_DOT, *pair, node)
         return None
+
+    def separable(self, node: Op):
+        """(AO, AI) when Scalprod(a, b) = ⟨AO_i, AI_j⟩ with AO a product of outer factors and
+        AI of inner ones (an exp(o_i + w_j) factor counts as exp(o_i)·exp(w_j)), else None."""
+        sign, outer, inner = 1, None, None
+        for arg in node.args:
+            s, factors = self.factors(arg)
+            sign *= s
+            for f in factors:
+                if _is(f, "Exp") and self.role(f) == ROLE_PAIR:
+                    o, i = self.split_exp(f)
+                    if o is None or i is None:
+                        return None
+                    factors += [o, i]
+                    continue
+                role = self.role(f)
+                if role in (ROLE_OUTER, ROLE_PARAM):
+                    outer = _mul(outer, f)
+                elif role == ROLE_INNER:
+                    inner = _mul(inner, f)
+                else:
+                    return None
+        if outer is None or inner is None or outer.dim != inner.dim:
+            return None
+        return (apply_op("Minus", (outer,)) if sign < 0 else outer), inner
+
+    def split_exp(self, node: Op):
+        """exp(t) with t = outer part + inner part: (exp(outer part), exp(inner part))."""
+        outer = inner = None
+        for sign, coefs, term in self.linear(node.args[0]):
+            role = self.role(term)
+            piece = _scaled(sign, coefs, term)
+            if role in (ROLE_OUTER, ROLE_PARAM):
+                outer = _add(outer, piece)
+            elif role == ROLE_INNER:
+                inner = _add(inner, piece)
+            else:
+                return None, None
+        wrap = lambda t: None if t is None else apply_op("Exp", (t,))  # noqa: E731
+        return wrap(outer), wrap(inner)
 
     def difference(self, node: Node):
         """(outer, inner, sign) when node is ±(outer - inner) of equal dims, else None."""
@@ -457,11 +497,21 @@ class _Program:
         order: list[Node] = []  # the pair ops, children first, each once
         seen: set[Node] = set()
 
+        need: dict[Node, int] = {}
+
+        def registers_needed(n) -> int:  # Ershov numbers: evaluate the hungrier operand first
+            if self.is_leaf(n):
+                return 0
+            if n not in need:
+                counts = sorted((registers_needed(a) for a in n.args), reverse=True)
+                need[n] = max([1] + [c + k for k, c in enumerate(counts)])
+            return need[n]
+
         def visit(n):
             if n in seen or self.is_leaf(n):
                 return
             seen.add(n)
-            for a in n.args:
+            for a in sorted(n.args, key=registers_needed, reverse=True):
                 visit(a)
             order.append(n)
 
@@ -471,11 +521,20 @@ class _Program:
             for a in n.args:
                 last_use[a] = step
         slot_of: dict[Node, int] = {}
-        free = [3, 2, 1]  # slot 0 is φ's, written by the last instruction
+        # φ is written to slot 0 by the last instruction, when every live value is one of its
+        # operands and dies there: slot 0 can hold intermediate values before.
+        free = [3, 2, 1, 0]
         code: list[int] = []
         for step, n in enumerate(order):
             refs = [self.leaf(a) if self.is_leaf(a) else slot_of[a] for a in n.args]
+            # An instruction reads its operands before writing dst, so an operand's slot
+            # whose value dies here may be the destination.
+            for a in set(n.args):
+                if a in slot_of and last_use[a] == step:
+                    free.append(slot_of[a])
             if n is phi:
+                if 0 not in free:
+                    raise _NoMatch("slot 0 is not free for φ")
                 dst = 0
             elif free:
                 dst = free.pop()
@@ -486,9 +545,6 @@ class _Program:
                 code += [OPS["Pow"].opcode, dst, refs[0], int(n.params[0])]
             else:
                 code += [OPS[n.name].opcode, dst, refs[0], refs[1] if len(refs) > 1 else 0]
-            for a in set(n.args):  # freed after choosing dst: never overwrite an argument
-                if a in slot_of and last_use[a] == step:
-                    free.append(slot_of[a])
         if len(code) // 4 > MAX_PROGRAM:
             raise _NoMatch("φ program longer than 32 instructions")
         return code
@@ -569,7 +625,7 @@ def _match(formulas, var_cats, reduction, reduction_params, axis) -> FusedPlan:
             elif m.difference(f) is not None and diff is None:
                 o, i, s = m.difference(f)
                 diff = (o, i, s)
-            elif _is(f, "Exp") and reduction != "Sum":
+            elif _is(f, "Exp"):  # exp(o_i + w_j) = exp(o_i) exp(w_j), componentwise
                 terms = m.linear(f.args[0])
                 outer_part = inner_part = None
                 for s, coefs, term in terms:
@@ -706,13 +762,56 @@ def _match(formulas, var_cats, reduction, reduction_params, axis) -> FusedPlan:
         var_cats=tuple(var_cats), axis=axis)
 
 
-def match_fused(formulas, var_cats, reduction, reduction_params=(), axis=1) -> FusedPlan | None:
-    """The fused kernel call computing this reduction, or None (the interpreter runs it)."""
+MAX_SUM_TERMS = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class FusedPlanSum:
+    """A Sum reduction of a sum of terms, each a fused call: Σ_j (A + B) = Σ_j A + Σ_j B."""
+
+    plans: tuple[FusedPlan, ...]
+
+    @property
+    def family(self) -> str:
+        return " + ".join(p.family for p in self.plans)
+
+    def run(self, *operands, out_avals, **params):
+        total = None
+        for plan in self.plans:
+            (out,) = plan.run(*operands, out_avals=out_avals, **params)
+            total = out if total is None else total + out
+        return [total]
+
+
+def _match_sum_of_terms(formula, var_cats, axis) -> FusedPlanSum:
+    (formula,) = normalize_formulas((formula,))
+    m = _Matcher(var_cats, axis)
+    terms = m.linear(formula)
+    if not 2 <= len(terms) <= MAX_SUM_TERMS:
+        raise _NoMatch("not a short sum of terms")
+    plans = []
+    for sign, coefs, term in terms:
+        piece = _scaled(sign, coefs, term)
+        if piece.dim != formula.dim:  # a dim-1 term broadcast by the sum
+            piece = apply_op("Mult", (piece, Const([1.0] * formula.dim)))
+        plans.append(_match((piece,), var_cats, "Sum", (), axis))
+    return FusedPlanSum(tuple(plans))
+
+
+def match_fused(formulas, var_cats, reduction, reduction_params=(), axis=1):
+    """The fused kernel call(s) computing this reduction (a `FusedPlan`, or a `FusedPlanSum`
+    for a Sum of a few terms that each fit), or None: the interpreter runs it."""
+    formulas, var_cats = tuple(formulas), tuple(var_cats)
     try:
-        return _match(tuple(formulas), tuple(var_cats), reduction, tuple(reduction_params),
-                      int(axis))
+        return _match(formulas, var_cats, reduction, tuple(reduction_params), int(axis))
     except _NoMatch:
-        return None
+        pass
+    if reduction == "Sum":
+        try:
+            return _match_sum_of_terms(formulas[0], var_cats, int(axis))
+        except _NoMatch:
+            pass
+    return None
 
 
 def kernel_name(formulas, var_cats, reduction, reduction_params, axis, platform: str) -> str:

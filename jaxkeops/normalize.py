@@ -92,27 +92,32 @@ class _Normaliser:
         return _times(ca, cb), pa + pb, core
 
     def product(self, const, params, core, dim: int) -> Node:
-        """Rebuild `const * params * core` canonically: Minus for -1, no factor for 1, the
-        constant first, then the parameters in a stable order, then the core."""
-        coefficient = None
+        """Rebuild `const * params * core` canonically: one param-role coefficient (the constant
+        first, then the parameters in a stable order; computed once, outside the pair loop) times
+        the core; Minus for a coefficient -1, no coefficient for 1."""
+        if const is not None and all(v == 1.0 for v in const.values) and (
+                const.dim == 1 or (core is not None and core.dim == const.dim)):
+            const = None
+        negate = const is not None and const.dim == 1 and const.values[0] == -1.0 and (
+            core is not None or params)
+        if negate:
+            const = None
+        coefficient = const
         for p in sorted(params, key=repr):
             coefficient = p if coefficient is None else apply_op("Mult", (coefficient, p))
-        if core is None and coefficient is None:
-            const = const if const is not None else Const([1.0])
-            return Const(np.broadcast_to(const.values, (dim,)).tolist()) if const.dim != dim \
-                else const
-        body = core if coefficient is None else (
-            coefficient if core is None else apply_op("Mult", (coefficient, core)))
-        if const is not None and all(v == 1.0 for v in const.values):
-            const = None if const.dim <= body.dim else const
-        if const is None:
-            out = body
-        elif const.dim == 1 and const.values[0] == -1.0:
-            out = apply_op("Minus", (body,))
+        if coefficient is None and core is None:
+            out = Const([-1.0 if negate else 1.0])
+        elif coefficient is None:
+            out = core
+        elif core is None:
+            out = coefficient
         else:
-            out = apply_op("Mult", (const, body))
+            out = apply_op("Mult", (coefficient, core))
+        if negate:
+            out = apply_op("Minus", (out,))
         if out.dim != dim:  # a dim-1 product broadcast by a factor equal to 1: keep the dim
-            out = apply_op("Mult", (out, Const([1.0] * dim)))
+            out = _fold(apply_op("Mult", (out, Const([1.0] * dim)))) if isinstance(out, Const) \
+                else apply_op("Mult", (out, Const([1.0] * dim)))
         return out
 
     # --- rewriting ----------------------------------------------------------------------------
@@ -174,10 +179,40 @@ class _Normaliser:
             return self.rewrite_scalprod(node)
         return node
 
+    def scalar_factors(self, node: Node):
+        """(dimension-1 factors, product of the others) of a product of dimension > 1."""
+        if node.dim == 1 or not _is_op(node, "Mult"):
+            return [], node
+        scalars, rest = [], None
+        for a in node.args:
+            sa, ra = self.scalar_factors(a) if a.dim > 1 else ([a], None)
+            scalars += sa
+            if ra is not None:
+                rest = ra if rest is None else apply_op("Mult", (rest, ra))
+        return scalars, rest
+
+    def pull_scalars(self, node: Op, args: tuple) -> Node | None:
+        """`node` (Sum or Scalprod of `args`) with the dimension-1 factors of its arguments
+        moved out: Σ_d (w x_d) = w Σ_d x_d. None when there is none."""
+        pulled, rest = [], []
+        for a in args:
+            sa, ra = self.scalar_factors(a)
+            pulled += sa
+            rest.append(ra)
+        if not pulled:
+            return None
+        out = self.rewrite(apply_op(node.name, tuple(rest)))
+        for f in pulled:
+            out = apply_op("Mult", (f, out))
+        return self.rewrite(out)
+
     def rewrite_sum(self, node: Op) -> Node:
         (x,) = node.args
         if x.dim == 1:
             return x
+        pulled = self.pull_scalars(node, node.args)
+        if pulled is not None:
+            return pulled
         if _is_op(x, "Square"):
             return self.rewrite(apply_op("SqNorm2", x.args))
         const, params, core = self.split(x)
@@ -196,8 +231,9 @@ class _Normaliser:
         cb, pb, kb = self.split(b)
         factors = [c for c in (ca, cb) if c is not None] + pa + pb
         if ka is None or kb is None or not factors or any(f.dim != 1 for f in factors):
-            return node
-        inner = apply_op("Scalprod", (ka, kb))
+            pulled = self.pull_scalars(node, node.args)
+            return node if pulled is None else pulled
+        inner = self.rewrite(apply_op("Scalprod", (ka, kb)))
         return self.product(_times(ca, cb), pa + pb, inner, 1)
 
 

@@ -58,6 +58,7 @@ def test_division_by_a_parameter_becomes_a_product(rng):
     form = _same_normal_form(s / p, s * (1 / p), s * p.__rtruediv__(1))
     # the inverse is a param-role factor in front, computed once
     assert form.name == "Mult" and form.args[1].name == "SqDist"
+    assert repr(form.args[0]) == "(IntCst(1) / Var(2,1,2))"
     # nested parameter factors are gathered: -(s / p) / p and -(1/p)(1/p) s
     assert _same_normal_form(-(s / p) / p, -((s * (1 / p)) * (1 / p)))
     # a division by a pair formula stays a division
@@ -76,7 +77,7 @@ def test_gaussian_gradient_is_gathered(rng):
     assert "Scalprod" in names and "Sum" not in names and "Divide" in names
     # 1/σ², inside the exponential and outside, is one shared param-role node
     assert names.count("Divide") == 1
-    assert repr(form).startswith("(IntCst(-2) * ")
+    assert repr(form).startswith("((IntCst(-2) * (IntCst(1) / Square(Var(4,1,2)))) * ")
 
 
 def _check_values(F, axis, dtype, reduction="Sum"):
