@@ -80,10 +80,24 @@ class _NoMatch(Exception):
 # --- emulation switch ------------------------------------------------------------------------------
 
 _emulating = False
+_fused_call = None  # tests only: a jnp stand-in for the FFI call (see _substitute_fused_call)
 
 
 def emulating_fused_on_cpu() -> bool:
     return _emulating
+
+
+@contextlib.contextmanager
+def _fused_on_cpu(call):
+    global _emulating, _fused_call
+    previous = _emulating, _fused_call
+    jax.clear_caches()
+    _emulating, _fused_call = True, call
+    try:
+        yield
+    finally:
+        _emulating, _fused_call = previous
+        jax.clear_caches()
 
 
 @contextlib.contextmanager
@@ -96,15 +110,15 @@ def emulate_fused_on_cpu():
     if FUSED_TARGET not in _native.cpu.registrations():
         raise RuntimeError(f"emulate_fused_on_cpu: the CPU module has no {FUSED_TARGET!r} "
                            "target (built without the fused kernels' host emulation)")
-    global _emulating
-    previous = _emulating
-    jax.clear_caches()
-    _emulating = True
-    try:
+    with _fused_on_cpu(None):
         yield
-    finally:
-        _emulating = previous
-        jax.clear_caches()
+
+
+def _substitute_fused_call(call):
+    """For tests: as emulate_fused_on_cpu, with `call(results, *operands, **attributes)` (e.g. a
+    jnp transcription of docs/fused-kernels.md) in place of the FFI call: checks the plans
+    without the native target."""
+    return _fused_on_cpu(call)
 
 
 # --- the plan ------------------------------------------------------------------------------------
@@ -164,11 +178,15 @@ class FusedPlan:
         params = (self.k,) if self.reduction.startswith(("KMin", "ArgKMin")) else ()
         results = [jax.ShapeDtypeStruct(tuple(batch_shape) + (n_outer,) + shape, out_dtype)
                    for shape, out_dtype in spec.outputs(dims, params, dtype)]
-        call = jax.ffi.ffi_call(FUSED_TARGET, results)
-        outs = call(X, Y, C, U, V, AO, AI, Z,
-                    score=np.int32(self.score), phi=np.int32(self.phi),
-                    program=np.asarray(self.program, np.int32), factor=np.int32(self.factor),
-                    reduction=np.int32(spec.code), k=np.int32(self.k))
+        attributes = dict(score=np.int32(self.score), phi=np.int32(self.phi),
+                          program=np.asarray(self.program, np.int32),
+                          factor=np.int32(self.factor), reduction=np.int32(spec.code),
+                          k=np.int32(self.k))
+        if _fused_call is not None:
+            outs = _fused_call(results, X, Y, C, U, V, AO, AI, Z, **attributes)
+        else:
+            outs = jax.ffi.ffi_call(FUSED_TARGET, results)(X, Y, C, U, V, AO, AI, Z,
+                                                           **attributes)
         outs = list(outs)
         if self.post_mult is not None:
             outs[0] = outs[0] * side.rows(self.post_mult, "outer", n_outer)

@@ -13,17 +13,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from fused_contract import fused_call
 from oracle import assert_close
 
 import jaxkeops
 from jaxkeops import LazyTensor, Pm, Vi, Vj, _native
-from jaxkeops.families import FUSED_TARGET, emulate_fused_on_cpu, match_fused
+from jaxkeops.families import (FUSED_TARGET, _substitute_fused_call, emulate_fused_on_cpu,
+                               match_fused)
 from jaxkeops.formula import CAT_I, CAT_J, CAT_P, Var
 from jaxkeops.ops import apply_op
 
 HAS_EMULATION = FUSED_TARGET in _native.cpu.registrations()
 needs_emulation = pytest.mark.skipif(
     not HAS_EMULATION, reason=f"the CPU module has no {FUSED_TARGET!r} target (branch fused)")
+# End to end on the CPU through the fused path: "native" is the CPU module's host emulation of
+# the kernels; "contract" a jnp transcription of docs/fused-kernels.md (tests/fused_contract.py)
+# in place of the FFI call, which checks the plans (operands, attributes, post-processing).
+BACKENDS = [pytest.param("native", marks=needs_emulation), "contract"]
+
+
+def _fused(backend):
+    return emulate_fused_on_cpu() if backend == "native" else _substitute_fused_call(fused_call)
 needs_cuda_module = pytest.mark.skipif(not _native.has_cuda(),
                                        reason="jaxkeops._jaxkeops_cuda was not built")
 
@@ -441,18 +451,18 @@ def _selection_check(name, out, a64, axis):
             np.testing.assert_allclose(o, ref, rtol=2e-5, atol=1e-5)
 
 
-@needs_emulation
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("D", [1, 3, 8, 17])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("D,dtype", [(1, np.float32), (3, np.float64), (8, np.float64),
+                                     (17, np.float32)])
 @pytest.mark.parametrize("axis", [0, 1])
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_emulated_fused_forward_matches_the_oracle(rng, name, axis, D, dtype):
+def test_emulated_fused_forward_matches_the_oracle(rng, name, axis, D, dtype, backend):
     sizes = {1: (1, 33), 3: (37, 129), 8: (65, 1), 17: (130, 70)}[D]
     a = _arrays(rng, *sizes, D=D, dtype=dtype)
     if name.startswith(("Kmin", "argKmin")) and sizes[1] < 4:
         a = _arrays(rng, sizes[0], 9, D=D, dtype=dtype)
     a64 = _as_jax({k: v.astype(np.float64) for k, v in a.items()})
-    with emulate_fused_on_cpu():
+    with _fused(backend):
         kernels = _kernels(_forward(name, axis), _as_jax(a), platform="cpu")
         assert all(k != "interpreter" for k in kernels)
         out = jax.jit(_forward(name, axis))(_as_jax(a))
@@ -462,12 +472,12 @@ def test_emulated_fused_forward_matches_the_oracle(rng, name, axis, D, dtype):
         _check(out, CASES[name][1](a64, axis), dtype)
 
 
-@needs_emulation
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("axis", [0, 1])
 @pytest.mark.parametrize("name,wrt", [(n, w) for n, ws in sorted(DIFFERENTIABLE.items())
                                       for w in ws])
-def test_emulated_fused_gradients_match_the_oracle(rng, name, wrt, axis, dtype):
+def test_emulated_fused_gradients_match_the_oracle(rng, name, wrt, axis, dtype, backend):
     a = _arrays(rng, 45, 67, D=3, dtype=dtype)
     a64 = _as_jax({k: v.astype(np.float64) for k, v in a.items()})
     out = jax.eval_shape(_forward(name, axis), _as_jax(a))
@@ -478,20 +488,20 @@ def test_emulated_fused_gradients_match_the_oracle(rng, name, wrt, axis, dtype):
         return jnp.sum(dense({**a, **p}, axis) * cot)
 
     ref = jax.grad(dense_loss)({wrt: a64[wrt]}, a64)[wrt]
-    with emulate_fused_on_cpu():
+    with _fused(backend):
         grad = jax.jit(_loss(name, axis, wrt, jnp.asarray(cot, dtype)))(_as_jax(a))[wrt]
     _check(grad, ref, dtype)
 
 
-@needs_emulation
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", ["gaussian product", "sinkhorn", "attention", "Kmin_argKmin S",
                                   "laplace sum"])
-def test_emulated_fused_under_vmap_and_batch_dims(rng, name):
+def test_emulated_fused_under_vmap_and_batch_dims(rng, name, backend):
     batched = [_arrays(rng, 11, 19) for _ in range(3)]
     stacked = {k: jnp.stack([jnp.asarray(b[k]) for b in batched]) for k in batched[0]}
     stacked["y"] = jnp.asarray(batched[0]["y"])  # broadcast (not mapped)
     in_axes = ({k: (None if k == "y" else 0) for k in stacked},)
-    with emulate_fused_on_cpu():
+    with _fused(backend):
         out = jax.jit(jax.vmap(_forward(name, 1), in_axes=in_axes))(stacked)
     for n, b in enumerate(batched):
         b = _as_jax({**b, "y": batched[0]["y"]})
