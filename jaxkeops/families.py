@@ -636,33 +636,21 @@ def _match(formulas, var_cats, reduction, reduction_params, axis) -> FusedPlan:
                 post = _mul(post, f)
             elif role == ROLE_INNER:
                 inner.append(f)
+            elif m.difference(f) is not None and diff is None:
+                diff = m.difference(f)
+            elif _is(f, "Exp") and m.split_exp(f)[1] is not None:
+                # exp(o_i + w_j) = exp(o_i) exp(w_j), componentwise: exp(w_j) joins Z
+                outer_exp, inner_exp = m.split_exp(f)
+                inner.append(inner_exp)
+                if outer_exp is not None:
+                    if reduction == "LogSumExpWeight":  # log(e^o Σ ...) = o + log Σ ...
+                        post_add = _add(post_add, outer_exp.args[0])
+                    else:
+                        post = _mul(post, outer_exp)
             elif f.dim == 1:
                 if reduction != "Sum":
                     raise _NoMatch("pair scalar factor in a weight")
                 scalars.append(f)
-            elif m.difference(f) is not None and diff is None:
-                o, i, s = m.difference(f)
-                diff = (o, i, s)
-            elif _is(f, "Exp"):  # exp(o_i + w_j) = exp(o_i) exp(w_j), componentwise
-                terms = m.linear(f.args[0])
-                outer_part = inner_part = None
-                for s, coefs, term in terms:
-                    role_t = m.role(term)
-                    piece = _scaled(s, coefs, term)
-                    if role_t in (ROLE_OUTER, ROLE_PARAM):
-                        outer_part = _add(outer_part, piece)
-                    elif role_t == ROLE_INNER:
-                        inner_part = _add(inner_part, piece)
-                    else:
-                        raise _NoMatch("pair term in an exponential weight")
-                if inner_part is None:
-                    raise _NoMatch("exponential weight without inner part")
-                inner.append(apply_op("Exp", (inner_part,)))
-                if outer_part is not None:
-                    if reduction == "LogSumExpWeight":
-                        post_add = _add(post_add, outer_part)
-                    else:
-                        post = _mul(post, apply_op("Exp", (outer_part,)))
             else:
                 raise _NoMatch(f"vector pair factor {f!r}")
         if reduction == "LogSumExpWeight" and post is not None:

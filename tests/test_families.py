@@ -129,7 +129,7 @@ def _sel(method, *args, vector=False):
             return values.max(1)
         best = np.take_along_axis(values, np.argsort(values, axis=1, kind="stable")[:, :args[0]],
                                   axis=1)
-        return best if vector else best[..., 0]
+        return best if values.shape[2] > 1 else best[..., 0]  # KeOps: (K,) for a scalar
 
     return keops, dense, ()
 
