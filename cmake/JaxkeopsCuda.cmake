@@ -18,7 +18,9 @@ find_package(CUDAToolkit REQUIRED)
 nanobind_add_module(_jaxkeops_cuda NB_STATIC
   src/cuda/module_cuda.cc
   src/cuda/ffi_cuda.cc
-  src/cuda/executor.cu)
+  src/cuda/executor.cu
+  src/cuda/ffi_fused_cuda.cc
+  src/cuda/fused.cu)
 target_include_directories(_jaxkeops_cuda PRIVATE
   "${CMAKE_CURRENT_SOURCE_DIR}/src"
   "${XLA_FFI_INCLUDE_DIR}")

@@ -16,15 +16,18 @@
 
 namespace jaxkeops {
 
-// Defines registrations() = {"jaxkeops_reduce": capsule of `handler`} for `platform`, and the
-// shared tables and versions.
-inline void define_module_common(nanobind::module_& m, void* handler, const char* platform) {
+// Defines registrations() = {"jaxkeops_reduce": capsule of `handler`, "jaxkeops_fused": capsule
+// of `fused_handler` (docs/fused-kernels.md) when given} for `platform`, and the shared tables
+// and versions.
+inline void define_module_common(nanobind::module_& m, void* handler, const char* platform,
+                                 void* fused_handler = nullptr) {
   namespace nb = nanobind;
   m.def(
       "registrations",
-      [handler] {
+      [handler, fused_handler] {
         nb::dict d;
         d["jaxkeops_reduce"] = nb::capsule(handler);
+        if (fused_handler) d["jaxkeops_fused"] = nb::capsule(fused_handler);
         return d;
       },
       "FFI targets of this module: {name: PyCapsule of the handler}.");
