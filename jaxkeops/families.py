@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -617,16 +616,13 @@ def _match(formulas, var_cats, reduction, reduction_params, axis) -> FusedPlan:
     k = int(reduction_params[0]) if reduction_params else 0
     post_mult = post_add = None
     z = None
-    diff = None  # (outer, inner)
+    diff = None  # (outer, inner, sign) of a difference factor
     value_dim = 1
-
-    def sign_formula(sign):
-        return None if sign > 0 else _const(-1.0)
 
     if reduction == "Sum" or reduction in ("LogSumExpWeight", "SumSoftMaxWeight"):
         source = formulas[0] if reduction == "Sum" else formulas[1]
         sign, factors = m.factors(source)
-        post = sign_formula(sign)
+        post = None if sign > 0 else _const(-1.0)
         scalars, inner = [], []
         for f in factors:
             role = m.role(f)
@@ -660,9 +656,8 @@ def _match(formulas, var_cats, reduction, reduction_params, axis) -> FusedPlan:
                 raise _NoMatch("an inner vector and a difference in one product")
             scalars += inner
             inner = []
-        if inner:
-            for f in inner:
-                z = _mul(z, f)
+        for f in inner:
+            z = _mul(z, f)
         post_mult = post
         factor = FACTOR_DIFF if diff is not None else FACTOR_Z if z is not None else FACTOR_NONE
         if reduction != "Sum" and factor == FACTOR_NONE:
@@ -723,18 +718,15 @@ def _match(formulas, var_cats, reduction, reduction_params, axis) -> FusedPlan:
         if a_node is not None and reduction == "Sum" and a_node in parts:
             parts.remove(a_node)
             a_multiplies = True
-        try:
+        try:  # (a program reads a_ij itself; the other kinds multiply by it)
             phi = _compile_phi(m, parts, score, a_node, a_multiplies)
         except _NoMatch:
             continue
-        if a_multiplies and phi.kind == PHI_PROGRAM:
-            pass  # a is referenced by the program itself
-        candidate = (phi, score, a, a_multiplies and phi.kind != PHI_PROGRAM)
         if best is None or (best[0].kind == PHI_PROGRAM and phi.kind != PHI_PROGRAM):
-            best = candidate
+            best = (phi, score, a)  # a compile-time kind beats a program
     if best is None:
         raise _NoMatch("no φ fits")
-    phi, score, a, _ = best
+    phi, score, a = best
     if len(phi.U) > MAX_COLUMNS or len(phi.V) > MAX_COLUMNS:
         raise _NoMatch("too many columns")
 
@@ -746,21 +738,10 @@ def _match(formulas, var_cats, reduction, reduction_params, axis) -> FusedPlan:
     else:
         X = Y = None
         negate = False
-    if score is None and diff is None:
-        kind = SCORE_NONE
-    else:
-        kind = score.kind if score is not None else SCORE_NONE
-    if a is not None:
-        AO, AI = a.outer, a.inner
-        if a.kind != SCORE_DOT:
-            raise _NoMatch("pair scalar")
-    else:
-        AO = AI = None
-    if reduction in _SELECTIONS and factor == FACTOR_DIFF:
-        phi = _Phi(PHI_ONE, (), [], [], [])
-    score_for_name = score
+    kind = SCORE_NONE if score is None else score.kind
+    AO, AI = (None, None) if a is None else (a.outer, a.inner)
     return FusedPlan(
-        family=_family_name(reduction, score_for_name, phi, a is not None, factor, k),
+        family=_family_name(reduction, score, phi, a is not None, factor, k),
         reduction=reduction, k=k, score=kind, phi=phi.kind, program=phi.program,
         factor=factor, X=X, Y=Y, negate_xy=negate, C=tuple(phi.C), U=tuple(phi.U),
         V=tuple(phi.V), AO=AO, AI=AI, Z=z if factor == FACTOR_Z else None,

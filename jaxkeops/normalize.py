@@ -30,11 +30,6 @@ _FOLDABLE = {"Add", "Subtract", "Mult", "Divide", "Minus", "Exp", "Log", "Sqrt",
              "Rsqrt", "Abs", "Sum", "SqNorm2", "Scalprod", "SqDist"}
 
 
-def is_param_role(node: Node, memo: dict | None = None) -> bool:
-    """Whether `node` depends on no i or j variable (parameters and constants only)."""
-    return all(n.cat == CAT_P for n in walk([node]) if isinstance(n, Var))
-
-
 def _fold(node: Op) -> Node:
     """A constant for an op of constants (`node` itself when the op is not foldable)."""
     if node.name not in _FOLDABLE:

@@ -451,9 +451,16 @@ def _selection_check(name, out, a64, axis):
             np.testing.assert_allclose(o, ref, rtol=2e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("D,dtype", [(1, np.float32), (3, np.float64), (8, np.float64),
-                                     (17, np.float32)])
+def _with_backends(combos, contract_combos):
+    """Every combo on the native emulation; the (slower to run, since it materialises the
+    grid) jnp transcription of the contract on a few."""
+    native = [pytest.param("native", *c, marks=needs_emulation) for c in combos]
+    return native + [("contract", *c) for c in contract_combos]
+
+
+@pytest.mark.parametrize("backend,D,dtype", _with_backends(
+    [(1, np.float32), (3, np.float64), (8, np.float64), (17, np.float32)],
+    [(1, np.float32), (3, np.float64)]))
 @pytest.mark.parametrize("axis", [0, 1])
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_emulated_fused_forward_matches_the_oracle(rng, name, axis, D, dtype, backend):
@@ -472,8 +479,8 @@ def test_emulated_fused_forward_matches_the_oracle(rng, name, axis, D, dtype, ba
         _check(out, CASES[name][1](a64, axis), dtype)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("backend,dtype", _with_backends([(np.float32,), (np.float64,)],
+                                                         [(np.float64,)]))
 @pytest.mark.parametrize("axis", [0, 1])
 @pytest.mark.parametrize("name,wrt", [(n, w) for n, ws in sorted(DIFFERENTIABLE.items())
                                       for w in ws])
@@ -510,3 +517,24 @@ def test_emulated_fused_under_vmap_and_batch_dims(rng, name, backend):
             _selection_check(name, got, b, 1)
         else:
             _check(got, CASES[name][1](b, 1), np.float64)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_emulated_fused_with_keops_batch_dims(rng, backend):
+    """LazyTensors on (B, M, 1, D) and (1, N, D) arrays: batch dims broadcast, never copied."""
+    x = rng.normal(size=(2, 3, 9, 1, 3))
+    y = rng.normal(size=(1, 3, 1, 14, 3))
+    b = rng.normal(size=(2, 1, 1, 14, 2))
+
+    def fn(x, y, b):
+        K = (-LazyTensor(x).sqdist(LazyTensor(y))).exp()
+        return (K * LazyTensor(b)).sum(3), LazyTensor(x).sqdist(LazyTensor(y)).argKmin(3, axis=3)
+
+    with _fused(backend):
+        assert all(k != "interpreter" for k in _kernels(fn, x, y, b, platform="cpu"))
+        out, idx = jax.jit(fn)(x, y, b)
+    S = ((x - y) ** 2).sum(-1)  # (2, 3, 9, 14)
+    ref = np.einsum("bcij,bcje->bcie", np.exp(-S), np.broadcast_to(b[:, :, 0], (2, 3, 14, 2)))
+    _check(out, ref, np.float64)
+    picked = np.take_along_axis(S, np.asarray(idx), axis=-1)
+    np.testing.assert_allclose(picked, np.sort(S, -1)[..., :3], rtol=1e-12)
