@@ -99,7 +99,8 @@ def test_module_tables_agree_with_the_cpu_module():
     assert cuda.reduction_table() == cpu.reduction_table()
     assert tuple(cuda.ffi_api_version()) == tuple(cpu.ffi_api_version())
     assert cuda.jaxlib_build_version == cpu.jaxlib_build_version
-    assert set(cuda.registrations()) == {_native.REDUCE_TARGET}
+    assert set(cuda.registrations()) == {_native.REDUCE_TARGET, "jaxkeops_fused"}
+    assert set(cpu.registrations()) == set(cuda.registrations())
 
 
 @needs_module

@@ -157,7 +157,7 @@ struct ExpSumAcc {
 
   // A new maximum: everything summed so far is relative to the old one.
   JAXKEOPS_HD void rebase(T score) {
-    const T f = Exp::exp_le0(m - score);
+    const T f = Exp::exp_ftz(m - score);
     den_tile *= f;
     den *= static_cast<double>(f);
 #pragma unroll
@@ -171,7 +171,7 @@ struct ExpSumAcc {
   // `score` already in Exp's units.
   JAXKEOPS_HD void push(T score, const T* w) {
     if (score > m) rebase(score);
-    const T e = Exp::exp_le0(score - m);
+    const T e = Exp::exp_ftz(score - m);
     if constexpr (kDenominator) den_tile += e;
     if constexpr (kWeighted) {
 #pragma unroll
@@ -180,6 +180,13 @@ struct ExpSumAcc {
   }
 
   JAXKEOPS_HD void pair(T phi, const T* psi, int, int32_t) { push(phi * Exp::kScale, psi); }
+
+  // The hot bodies' fast path (denominator only): terms exp(S - m) with m left where it is, as
+  // long as S <= m + kSlack, so that terms stay below 2^kSlack and the sums far from overflow;
+  // the caller checks `score > slack_limit()` and redoes the block with push() when it holds.
+  static constexpr T kSlack = T(64);
+  JAXKEOPS_HD T slack_limit() const { return m + kSlack; }
+  JAXKEOPS_HD void add_fast(T score) { den_tile += Exp::exp_ftz(score - m); }
 
   JAXKEOPS_HD void end_tile(int) {
     den += static_cast<double>(den_tile);
@@ -192,8 +199,10 @@ struct ExpSumAcc {
   }
 
   JAXKEOPS_HD void store(double* st, int c0, int nc, int) const {
-    st[0] = static_cast<double>(m);
-    st[1] = den;
+    if (c0 == 0) {  // every chunk has the same m and denominator: chunk 0 writes them
+      st[0] = static_cast<double>(m);
+      st[1] = den;
+    }
     if constexpr (kWeighted) {
 #pragma unroll
       for (int c = 0; c < CH; ++c)

@@ -182,10 +182,12 @@ inline std::string decode_call(ffi::RemainingArgs args, ffi::RemainingRets rets,
   c.k = k;
   if (args.size() != kOperands)
     return "expected 8 operands (X, Y, C, U, V, AO, AI, Z), got " + std::to_string(args.size());
-  ffi::AnyBuffer bufs[kOperands] = {
-      *args.get<ffi::AnyBuffer>(0), *args.get<ffi::AnyBuffer>(1), *args.get<ffi::AnyBuffer>(2),
-      *args.get<ffi::AnyBuffer>(3), *args.get<ffi::AnyBuffer>(4), *args.get<ffi::AnyBuffer>(5),
-      *args.get<ffi::AnyBuffer>(6), *args.get<ffi::AnyBuffer>(7)};
+  std::vector<ffi::AnyBuffer> bufs;
+  for (int o = 0; o < kOperands; ++o) {
+    auto buf = args.get<ffi::AnyBuffer>(o);
+    if (!buf) return std::string("cannot decode operand ") + kOperandNames[o];
+    bufs.push_back(*buf);
+  }
   const ffi::DataType dtype = bufs[kX].element_type();
   if (dtype != ffi::DataType::F32 && dtype != ffi::DataType::F64)
     return std::string("operand X has dtype ") + dtype_str(dtype) +
@@ -233,7 +235,9 @@ inline std::string decode_call(ffi::RemainingArgs args, ffi::RemainingRets rets,
            std::to_string(rets.size());
   c.n_outputs = int32_t(d->outputs.size());
   for (size_t o = 0; o < d->outputs.size(); ++o) {
-    ffi::Result<ffi::AnyBuffer> out = *rets.get<ffi::AnyBuffer>(o);
+    auto out_or = rets.get<ffi::AnyBuffer>(o);
+    if (!out_or) return "cannot decode output " + std::to_string(o);
+    ffi::Result<ffi::AnyBuffer> out = *out_or;
     const OutputInfo& info = d->outputs[o];
     const ffi::DataType t = out->element_type();
     const std::string name = "output " + std::to_string(o);

@@ -297,9 +297,13 @@ struct HotRows {
   // Exp units where t feeds an exp: the exp-affine φ, or an exp-sum reducer of affine scores.
   static constexpr bool kScaled = PhiK == kExpAffine || kExpSum;
   static constexpr T kFold = kScaled ? ScaledExp<T>::kScale : T(1);
-  // CUDA __launch_bounds__ minimum blocks per SM: the K-min body needs up to 128 registers
-  // (ptxas's own choice spills); the others fit ptxas's choice.
-  static constexpr int kMinBlocks = IsKMin<Acc>::value ? 4 : 0;
+  // CUDA __launch_bounds__ minimum blocks per SM: up to 128 registers in float (65536 / (128
+  // threads x 4 blocks)), 255 in float64; ptxas's own choice for the unrolled blocks spills,
+  // and so do 80 registers in float and 128 in float64 (fast_exp's polynomial).
+  static constexpr int kMinBlocks = sizeof(T) == 4 ? 4 : 2;
+  // Pairs unrolled in the blocks of 32 of the sums and logsumexp: all of them in float, 4 in
+  // float64 (twice the registers per value: 32 spill).
+  static constexpr int kUnroll = sizeof(T) == 4 ? 32 : 4;
 
   T x[R][DC];
   T u[R];
@@ -340,17 +344,16 @@ struct HotRows {
     }
   }
 
-  JAXKEOPS_HD void pair(const T* y, int32_t) {
+  // One staged inner row against the R rows (sums).
+  JAXKEOPS_HD void pair(const T* staged_row) {
+    T y[W];
+    load_row<W>(staged_row, y);
     const T extra = y[DC];
 #pragma unroll
     for (int r = 0; r < R; ++r) {
       const T t = argument(r, y);
-      if constexpr (kExpSum) {
-        acc[r].push(t, static_cast<const T*>(nullptr));
-      } else {
-        const T f = PhiK == kExpAffine ? ScaledExp<T>::exp(t) : t;
-        acc[r].tile[0] += X == Extra::kZ ? f * extra : f;
-      }
+      const T f = PhiK == kExpAffine ? ScaledExp<T>::exp(t) : t;
+      acc[r].tile[0] += X == Extra::kZ ? f * extra : f;
     }
   }
 
@@ -364,13 +367,18 @@ struct HotRows {
     const int32_t jb = static_cast<int32_t>(j0);
     if constexpr (IsKMin<Acc>::value) {
       tile_kmin(staged, jb, n);
+    } else if constexpr (kExpSum) {
+      tile_expsum(staged, n);
     } else {
-      // ---- hot inner loop: one staged row serves R rows.
-#pragma unroll 4
-      for (int l = 0; l < n; ++l) {
-        T y[W];
-        load_row<W>(staged + l * W, y);
-        pair(y, jb + l);
+      for (int l0 = 0; l0 < n; l0 += 32) {
+        const T* base = staged + l0 * W;
+        if (n - l0 >= 32) {
+          // ---- hot inner loop (sums): one staged row serves R rows.
+#pragma unroll kUnroll
+          for (int l = 0; l < 32; ++l) pair(base + l * W);
+        } else {
+          for (int l = 0; l < n - l0; ++l) pair(base + l * W);
+        }
       }
     }
 #pragma unroll
@@ -414,6 +422,52 @@ struct HotRows {
           T y[W];
           load_row<W>(base + l * W, y);
           acc[r].take(0, argument(r, y), jb + l0 + l);
+        }
+      }
+    }
+  }
+
+  JAXKEOPS_HD void fast_expsum_pair(const T* staged_row, const T* limit, bool& over) {
+    T y[W];
+    load_row<W>(staged_row, y);
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const T t = argument(r, y);
+      over |= t > limit[r];
+      acc[r].add_fast(t);
+    }
+  }
+
+  // Logsumexp: blocks of 32 pairs per row summed against the current maximum m without moving
+  // it (ExpSumAcc::add_fast); a score above m + slack anywhere in the block (also the first
+  // scores, m starting at the lowest T, and +inf) redoes the block exactly with push(), which
+  // moves m. So the rescale and its test leave the hot loop: one compare per pair remains.
+  JAXKEOPS_HD void tile_expsum(const T* staged, int n) {
+    for (int l0 = 0; l0 < n; l0 += 32) {
+      const int nb = n - l0 < 32 ? n - l0 : 32;
+      const T* base = staged + l0 * W;
+      T saved[R], limit[R];
+      bool over = false;
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        saved[r] = acc[r].den_tile;
+        limit[r] = acc[r].slack_limit();
+      }
+      if (nb == 32) {
+        // ---- hot inner loop (logsumexp)
+#pragma unroll kUnroll
+        for (int l = 0; l < 32; ++l) fast_expsum_pair(base + l * W, limit, over);
+      } else {
+        for (int l = 0; l < nb; ++l) fast_expsum_pair(base + l * W, limit, over);
+      }
+      if (over) {
+#pragma unroll
+        for (int r = 0; r < R; ++r) acc[r].den_tile = saved[r];
+        for (int l = 0; l < nb; ++l) {
+          T y[W];
+          load_row<W>(base + l * W, y);
+#pragma unroll
+          for (int r = 0; r < R; ++r) acc[r].push(argument(r, y), static_cast<const T*>(nullptr));
         }
       }
     }

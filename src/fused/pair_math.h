@@ -32,11 +32,11 @@ struct ScaledExp<float> {
     return static_cast<float>(fast_exp(static_cast<double>(x) * kInvScale));
 #endif
   }
-  // exp of x <= 0 (or NaN) where results below 2^-126 may flush to 0: the exp-sum reducers'
-  // terms exp(S - m) and rescale factors, next to a term 1 (the maximum): a flushed term
+  // exp where results below 2^-126 may flush to 0: the exp-sum reducers' terms exp(S - m) and
+  // rescale factors, in sums that hold a term >= 1 (the one at the maximum): a flushed term
   // changes the sum by less than 2^-126 relative, 2^-95 for 2^31 of them. One MUFU.EX2,
   // without the subnormal fix-up of exp2f (3 instructions).
-  JAXKEOPS_HD static float exp_le0(float x) {
+  JAXKEOPS_HD static float exp_ftz(float x) {
 #ifdef __CUDA_ARCH__
     float r;
     asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
@@ -59,7 +59,7 @@ struct ScaledExp<double> {
   static constexpr double kScale = 1.0;
   static constexpr double kInvScale = 1.0;
   JAXKEOPS_HD static double exp(double x) { return fast_exp(x); }
-  JAXKEOPS_HD static double exp_le0(double x) { return fast_exp(x); }
+  JAXKEOPS_HD static double exp_ftz(double x) { return fast_exp(x); }
   JAXKEOPS_HD static double exp_double(double x) { return fast_exp(x); }
 };
 
@@ -69,7 +69,7 @@ struct NaturalExp {
   static constexpr T kScale = T(1);
   static constexpr double kInvScale = 1.0;
   JAXKEOPS_HD static T exp(T x) { return opfn::exp_(x); }
-  JAXKEOPS_HD static T exp_le0(T x) { return opfn::exp_(x); }
+  JAXKEOPS_HD static T exp_ftz(T x) { return opfn::exp_(x); }
   JAXKEOPS_HD static double exp_double(double x) { return opfn::exp_(x); }
 };
 
