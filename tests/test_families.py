@@ -39,20 +39,14 @@ needs_cuda_module = pytest.mark.skipif(not _native.has_cuda(),
 
 
 # ---------------------------------------------------------------- the cases
-# Each case: keops(arrays, axis) and dense(arrays, axis) (jnp on the materialised grid), the
-# arrays' shapes for (n_outer, n_inner, D, E), and which arrays gradients are taken for.
-# Arrays: x outer-or-i points, y, and extras. For axis=0 the roles of i and j swap: the
-# "inner" arrays are indexed by i.
+# Each case: keops(arrays, axis), dense(arrays, axis) (jnp on the materialised grid, float64)
+# and the arrays gradients are taken for. x, b2, u are outer arrays (n_outer rows), y, b, v,
+# mask inner ones: for axis=1 outer means i, for axis=0 it means j (the dense reference is the
+# same for both axes).
 
 def _V(axis, inner):
     """The LazyTensor builder of an inner (inner=True) or outer variable for `axis`."""
     return (Vj if axis == 1 else Vi) if inner else (Vi if axis == 1 else Vj)
-
-
-def _grid(x, y, axis):
-    """x[:, None] and y[None, :] for axis 1 (reduce over j); transposed roles for axis 0.
-    x is always the outer array, y the inner one; the grid is (outer, inner, ...)."""
-    return x[:, None, :], y[None, :, :]
 
 
 def _sqdist(x, y):
