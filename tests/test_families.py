@@ -532,3 +532,49 @@ def test_emulated_fused_with_keops_batch_dims(rng, backend):
     _check(out, ref, np.float64)
     picked = np.take_along_axis(S, np.asarray(idx), axis=-1)
     np.testing.assert_allclose(picked, np.sort(S, -1)[..., :3], rtol=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("axis", [0, 1])
+def test_weighted_squared_distance_score(rng, axis, backend):
+    """Σ_d w_d (x_d - y_d)² with a parameter w: score 4, the weights first in C."""
+    a = _as_jax(_arrays(rng, 23, 41, D=3))
+    w = jnp.asarray(rng.uniform(0.5, 2.0, size=(3,)))
+
+    def fn(a):
+        O, I = _V(axis, False), _V(axis, True)
+        s = O(a["x"]).weightedsqdist(I(a["y"]), Pm(w))
+        return ((-s * Pm(a["c"])).exp() * I(a["b"])).sum(axis), s.argKmin(3, axis=axis)
+
+    (sum_record, knn_record) = jaxkeops.explain(fn, a, platform="cuda")
+    assert sum_record.kernel == "fused Sum: exp_affine(weighted sqdist) · Z_j"
+    assert knn_record.kernel == "fused ArgKMin(K=3): affine(weighted sqdist)"
+    with _fused(backend):
+        out, idx = jax.jit(fn)(a)
+    S = jnp.sum(w * (a["x"][:, None, :] - a["y"][None, :, :]) ** 2, -1)
+    _check(out, jnp.exp(-S * a["c"][0]) @ a["b"], np.float64)
+    picked = np.take_along_axis(np.asarray(S), np.asarray(idx), axis=1)
+    np.testing.assert_allclose(picked, np.sort(np.asarray(S), 1)[:, :3], rtol=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("axis", [0, 1])
+def test_selections_of_l1_and_dot_scores(rng, axis, backend):
+    """K-min of Σ_d |x_d - y_d| and max / argmax of ⟨x, y⟩ (issue 14's selection scores)."""
+    a = _as_jax(_arrays(rng, 17, 29, D=3))
+
+    def fn(a):
+        O, I = _V(axis, False), _V(axis, True)
+        l1 = (O(a["x"]) - I(a["y"])).abs().sum(-1)
+        dot = O(a["x"]) | I(a["y"])
+        return l1.Kmin_argKmin(4, axis=axis) + dot.max_argmax(axis=axis)
+
+    kernels = _kernels(fn, a)
+    assert kernels == ["fused KMin_ArgKMin(K=4): affine(l1)", "fused Max_ArgMax: affine(dot)"]
+    with _fused(backend):
+        kmin, _, dmax, dargmax = jax.jit(fn)(a)
+    L1 = np.abs(np.asarray(a["x"])[:, None, :] - np.asarray(a["y"])[None, :, :]).sum(-1)
+    dots = np.asarray(a["x"]) @ np.asarray(a["y"]).T
+    np.testing.assert_allclose(kmin, np.sort(L1, 1)[:, :4], rtol=1e-12)
+    np.testing.assert_allclose(dmax[:, 0], dots.max(1), rtol=1e-12)
+    np.testing.assert_array_equal(dargmax[:, 0], dots.argmax(1))
