@@ -540,7 +540,7 @@ class _Program:
         slot_of: dict[Node, int] = {}
         # φ is written to slot 0 by the last instruction, when every live value is one of its
         # operands and dies there: slot 0 can hold intermediate values before.
-        free = [3, 2, 1, 0]
+        free = list(reversed(range(SLOTS)))
         code: list[int] = []
         for step, n in enumerate(order):
             refs = [self.leaf(a) if self.is_leaf(a) else slot_of[a] for a in n.args]
