@@ -77,8 +77,7 @@ inline std::string check_attributes(FusedCall* c, ffi::Span<const int32_t> progr
   if (c->factor < kFactorNone || c->factor > kFactorDiff)
     return "attribute factor = " + std::to_string(c->factor) +
            " is unknown (expected 0 none, 1 Z, 2 diff)";
-  const std::string red = "reduction " + std::to_string(c->reduction);
-  bool known = dispatch_reduction(c->reduction, [](auto) {});
+  const bool known = dispatch_reduction(c->reduction, [](auto) {});
   if (!known) return "attribute reduction = " + std::to_string(c->reduction) + " is unknown";
   const Reduction r = static_cast<Reduction>(c->reduction);
   const char* rname = kReductionInfos[c->reduction].name;
