@@ -5,6 +5,7 @@ Build a formula over i variables, j variables and parameters with `LazyTensor` /
 """
 
 from jaxkeops import lowering as _lowering  # noqa: F401  (registers the FFI targets and lowerings)
+from jaxkeops.explain import explain
 from jaxkeops.lazy_tensor import LazyTensor, Pm, Vi, Vj
 from jaxkeops.primitive import keops_reduce, keops_reduce_p
 from jaxkeops.lineax_adapter import lineax_operator
@@ -14,4 +15,4 @@ from jaxkeops.export import export_disabled_checks
 __version__ = "0.1.0"
 
 __all__ = ["LazyTensor", "Vi", "Vj", "Pm", "keops_reduce", "keops_reduce_p", "SolveInfo",
-           "lineax_operator", "export_disabled_checks"]
+           "lineax_operator", "export_disabled_checks", "explain"]

@@ -1,16 +1,22 @@
 """Lowering of `keops_reduce_p`, per platform.
 
-"cpu" calls the native executor through the XLA FFI; every other platform gets the pure-JAX
-chunked implementation (jaxkeops/reference.py). This is the only place that knows platforms.
+"cpu" calls the native executor through the XLA FFI; "cuda" calls the fused kernels
+(`jaxkeops_fused`, docs/fused-kernels.md) when the family matcher (jaxkeops/families.py) finds
+the formula in a family, the interpreter otherwise — as does "cpu" under the test-only
+`families.emulate_fused_on_cpu()`. Every other platform gets the pure-JAX chunked implementation
+(jaxkeops/reference.py). This is the only place that knows platforms.
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import numpy as np
 from jax.interpreters import mlir
 
 from jaxkeops import _native
+from jaxkeops.families import emulating_fused_on_cpu, match_fused
 from jaxkeops.primitive import keops_reduce_p
 from jaxkeops.program import compile_program
 from jaxkeops.reference import chunked_reduce
@@ -35,6 +41,31 @@ def _native_lowering(ctx, *operands, formulas, var_cats, reduction, reduction_pa
     return lower(ctx, *operands, program=program, n_inner=np.int64(n_inner))
 
 
+@functools.lru_cache(maxsize=4096)
+def _cached_match(formulas, var_cats, reduction, reduction_params, axis):
+    return match_fused(formulas, var_cats, reduction, reduction_params, axis)
+
+
+def _fused_or_native_lowering(platform):
+    """The fused kernels when the formula matches a family (on "cpu" only while emulating),
+    the interpreter otherwise."""
+
+    def lowering(ctx, *operands, formulas, var_cats, reduction, reduction_params, axis, ni, nj,
+                 batch_shape):
+        plan = None
+        if platform == "cuda" or emulating_fused_on_cpu():
+            plan = _cached_match(formulas, var_cats, reduction, reduction_params, axis)
+        if plan is None:
+            return _native_lowering(ctx, *operands, formulas=formulas, var_cats=var_cats,
+                                    reduction=reduction, reduction_params=reduction_params,
+                                    axis=axis, ni=ni, nj=nj, batch_shape=batch_shape)
+        run = functools.partial(plan.run, ni=ni, nj=nj, batch_shape=batch_shape,
+                                out_avals=tuple(ctx.avals_out))
+        return mlir.lower_fun(run, multiple_results=True)(ctx, *operands)
+
+    return lowering
+
+
 def _fallback(*operands, **params):
     formulas, var_cats = params.pop("formulas"), params.pop("var_cats")
     return chunked_reduce(formulas, var_cats, operands, **params)
@@ -42,9 +73,9 @@ def _fallback(*operands, **params):
 
 _fallback_lowering = mlir.lower_fun(_fallback, multiple_results=True)
 mlir.register_lowering(keops_reduce_p, _fallback_lowering)
-mlir.register_lowering(keops_reduce_p, _native_lowering, platform="cpu")
+mlir.register_lowering(keops_reduce_p, _fused_or_native_lowering("cpu"), platform="cpu")
 if _native.has_cuda():
-    mlir.register_lowering(keops_reduce_p, _native_lowering, platform="cuda")
+    mlir.register_lowering(keops_reduce_p, _fused_or_native_lowering("cuda"), platform="cuda")
 else:
     def _cuda_fallback_lowering(ctx, *operands, **params):
         _native.warn_no_cuda()  # say so, once: the fallback is much slower than the kernels

@@ -1,6 +1,7 @@
 """Compile formulas into the register program the native executors run (docs/program-format.md).
 
-Steps: common-subexpression elimination (free: equal nodes are equal keys), a role for every
+Steps: normalisation (jaxkeops/normalize.py: one canonical form for the many ways of writing a
+formula), common-subexpression elimination (free: equal nodes are equal keys), a role for every
 value (param / outer / inner / pair, so that i-only and j-only work is hoisted out of the pair
 loop), register allocation (a register is reused once its value is dead), serialisation.
 """
@@ -12,6 +13,7 @@ import functools
 import struct
 
 from jaxkeops.formula import CAT_I, CAT_J, CAT_P, Const, Node, Var, walk
+from jaxkeops.normalize import normalize_formulas
 from jaxkeops.ops import OPCODE_CONST, OPCODE_VAR, OPS, tensordot_labels
 from jaxkeops.reductions import REDUCTIONS
 
@@ -117,6 +119,7 @@ def build_program(
     axis: int,
 ) -> Program:
     inputs = tuple((category_role(c, axis), d) for c, d in zip(var_cats, var_dims))
+    formulas = normalize_formulas(formulas)
     order = list(walk(formulas))  # children first; equal subformulas appear once (CSE)
     _check_tensordot_terms(order)
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from oracle import assert_close
 
+import jaxkeops
 from jaxkeops import LazyTensor, Pm, Vi, Vj, _native
 
 needs_module = pytest.mark.skipif(
@@ -82,8 +83,11 @@ def _lowered(fn, *args, platform="cuda"):
     return jax.jit(fn).trace(*args).lower(lowering_platforms=(platform,)).as_text()
 
 
-def _custom_calls(text):
-    return text.count("stablehlo.custom_call @jaxkeops_reduce(")
+def _custom_calls(text, target=None):
+    """The jaxkeops custom calls of a lowering: to the interpreter (`jaxkeops_reduce`) and to
+    the fused kernels (`jaxkeops_fused`, formulas of a family), or to `target` only."""
+    targets = [target] if target else ["jaxkeops_reduce", "jaxkeops_fused"]
+    return sum(text.count(f"stablehlo.custom_call @{t}(") for t in targets)
 
 
 # ---------------------------------------------------------------- without a GPU
@@ -105,8 +109,14 @@ def test_module_tables_agree_with_the_cpu_module():
 @pytest.mark.parametrize("axis", [0, 1])
 def test_main_cases_lower_to_the_custom_call_for_cuda(rng, name, axis):
     args = _arrays(rng, 7, 13)
-    text = _lowered(lambda *a: CASES[name](*a, axis), *args)
+    fn = lambda *a: CASES[name](*a, axis)  # noqa: E731
+    text = _lowered(fn, *args)
     assert _custom_calls(text) == 1, text[:2000]
+    # The fused kernels exactly where the family matcher says so (explain), else the interpreter.
+    (record,) = jaxkeops.explain(fn, *args, platform="cuda")
+    fused = record.kernel != "interpreter"
+    assert _custom_calls(text, "jaxkeops_fused" if fused else "jaxkeops_reduce") == 1
+    assert fused == (name not in ("LogSumExpWeight", "ops"))
     # The native call, not the chunked pure-JAX fallback (which lowers to a while loop).
     assert "stablehlo.while" not in text
 

@@ -295,6 +295,30 @@ def latency(M, N, budget):
                 candidates, notes, alternate=False, repeats=201)
 
 
+# ---------------------------------------------------------------- spellings of one formula
+
+def spellings(M, N, budget, D=3):
+    """The Gaussian sum written as the KeOps tutorial writes it, `((x_i - y_j) ** 2).sum(-1)`,
+    and with `sqdist`: the compiler normalises both to one program (jaxkeops/normalize.py), so
+    they should run at the same speed (the last column is the ratio of their times)."""
+    arrays = _data(M, N, D)
+
+    def tutorial_form(x, y, b):
+        return ((-((Vi(x) - Vj(y)) ** 2).sum(-1)).exp() * Vj(b)).sum(1)
+
+    def scaled_form(x, y, b):  # a division by a constant and a negation written as (-1) *
+        return (((-1) * ((Vi(x) - Vj(y)) ** 2).sum(-1) / 1.0).exp() * Vj(b)).sum(1)
+
+    candidates = [Candidate(name, (lambda f: (lambda: f(*arrays)))(jax.jit(f))) for name, f in (
+        ("jaxkeops, x_i.sqdist(y_j)", _gaussian_keops),
+        ("jaxkeops, ((x_i - y_j) ** 2).sum(-1)", tutorial_form),
+        ("jaxkeops, (-1) * ((x_i - y_j) ** 2).sum(-1) / 1.0", scaled_form),
+    )]
+    return Case(f"Spellings of one Gaussian sum, M={M}, N={N}, D={D}, float32", M * N,
+                candidates, ["the last column is each spelling's time over the sqdist form's "
+                             "(1.00× = as fast)"])
+
+
 # ---------------------------------------------------------------- interpreter vs hand-written
 
 def _cpu_seconds(run, repeats=5) -> float:
@@ -407,4 +431,5 @@ BENCHMARKS = {
     "interpreter": Benchmark((10000, 10000), interpreter),
     "gpu_static": Benchmark((0, 0), gpu_static, in_default=False),
     "gpu_compare": Benchmark(GPU_COMPARE_SIZE, gpu_compare, in_default=False),
+    "spellings": Benchmark((20000, 20000), spellings),
 }
