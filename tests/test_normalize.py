@@ -46,9 +46,12 @@ def test_dot_product_and_power_spellings(rng):
 def test_negation_and_constant_factors(rng):
     x, y = _xy(rng)
     s = x.sqdist(y)
-    form = _same_normal_form(-s, (-1) * s, s * (-1), -(-(-s)), (-2) * (0.5 * s))
+    form = _same_normal_form(-s, (-1) * s, s * (-1), -(-(-s)), (-2) * (s / 2))
     assert _ops(form) == ["Minus", "SqDist"]
-    assert _same_normal_form(2 * (3 * s), 6 * s, (s * 2) * 3, s * (2 + 4), s / (1 / 6.0))
+    assert _same_normal_form(2 * (3 * s), 6 * s, (s * 2) * 3, s * (2 + 4), (s * 12) / 2)
+    # Non-integer Python numbers are parameters (data): gathered in front like any parameter.
+    form = normalize((2.5 * (s * 4)).formula)
+    assert form.name == "Mult" and form.args[1].name == "SqDist"
 
 
 def test_division_by_a_parameter_becomes_a_product(rng):
