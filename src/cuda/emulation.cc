@@ -33,19 +33,7 @@ constexpr int kEmulatedSMs = 132;  // an H100 SXM: decides the grid and the spli
 template <class T, class Ops>
 void run_launch(const DevProgram& p, const DevReduction& red, const DevCall& c,
                 const LaunchPlan& plan, char* ws) {
-  DevGrid g{};
-  g.params = ws + plan.off_params;
-  g.file = ws + plan.off_file;
-  g.inner = plan.inner_in_global ? ws + plan.off_inner : nullptr;
-  g.pair = plan.pair_in_global ? ws + plan.off_pair : nullptr;
-  g.state = reinterpret_cast<double*>(ws + plan.off_state);
-  g.partial = reinterpret_cast<double*>(ws + plan.off_partial);
-  g.row_blocks = plan.row_blocks;
-  g.n_splits = plan.n_splits;
-  g.range = plan.range;
-  g.n_items = plan.n_items;
-  g.tile = plan.tile;
-  g.prog_smem = int32_t(plan.prog_smem);
+  const DevGrid g = grid_in_workspace(plan, ws);
 
   for (int64_t b = 0; b < c.batch_count; ++b) {  // param_kernel
     Frame<T> f{};

@@ -132,19 +132,7 @@ template <class T, class Ops>
 std::string launch_family(const DevProgram& prog, const DevReduction& red, const DevCall& call,
                           const LaunchPlan& plan, void* workspace, cudaStream_t stream) {
   char* ws = static_cast<char*>(workspace);
-  DevGrid g{};
-  g.params = ws + plan.off_params;
-  g.file = ws + plan.off_file;
-  g.inner = plan.inner_in_global ? ws + plan.off_inner : nullptr;
-  g.pair = plan.pair_in_global ? ws + plan.off_pair : nullptr;
-  g.state = reinterpret_cast<double*>(ws + plan.off_state);
-  g.partial = reinterpret_cast<double*>(ws + plan.off_partial);
-  g.row_blocks = plan.row_blocks;
-  g.n_splits = plan.n_splits;
-  g.range = plan.range;
-  g.n_items = plan.n_items;
-  g.tile = plan.tile;
-  g.prog_smem = int32_t(plan.prog_smem);
+  const DevGrid g = grid_in_workspace(plan, ws);
 
   if (prog.phase_begin[kParam + 1] > prog.phase_begin[kParam]) {
     const int threads = 64;

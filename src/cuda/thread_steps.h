@@ -25,6 +25,24 @@ struct DevGrid {
   int32_t prog_smem;  // bytes of the pair program in shared memory (0: read from global)
 };
 
+// The workspace pointers of a launch planned by plan_launch, inside the workspace `ws` (host).
+inline DevGrid grid_in_workspace(const LaunchPlan& plan, char* ws) {
+  DevGrid g{};
+  g.params = ws + plan.off_params;
+  g.file = ws + plan.off_file;
+  g.inner = plan.inner_in_global ? ws + plan.off_inner : nullptr;
+  g.pair = plan.pair_in_global ? ws + plan.off_pair : nullptr;
+  g.state = reinterpret_cast<double*>(ws + plan.off_state);
+  g.partial = reinterpret_cast<double*>(ws + plan.off_partial);
+  g.row_blocks = plan.row_blocks;
+  g.n_splits = plan.n_splits;
+  g.range = plan.range;
+  g.n_items = plan.n_items;
+  g.tile = plan.tile;
+  g.prog_smem = int32_t(plan.prog_smem);
+  return g;
+}
+
 // One work item: (batch problem, row block, chunk of the inner axis).
 struct WorkItem {
   int64_t b, row_block, j0, j1, split;
