@@ -84,9 +84,10 @@ def test_deserializing_process_must_import_jaxkeops(rng, tmp_path):
         "if sys.argv[1] == 'import': import jaxkeops\n"
         "print(np.asarray(e.call(*args)).sum())\n"
     )
-    without = subprocess.run([sys.executable, "-c", code, "no"], capture_output=True, text=True)
+    # Run outside the repository, so that the installed package is imported, not the sources.
+    run = dict(capture_output=True, text=True, cwd=tmp_path)
+    without = subprocess.run([sys.executable, "-c", code, "no"], **run)
     assert without.returncode != 0 and "jaxkeops_reduce" in without.stderr
-    with_import = subprocess.run([sys.executable, "-c", code, "import"], capture_output=True,
-                                 text=True)
+    with_import = subprocess.run([sys.executable, "-c", code, "import"], **run)
     assert with_import.returncode == 0, with_import.stderr
     assert float(with_import.stdout) == pytest.approx(5 * 4 * 2, rel=1e-6)
