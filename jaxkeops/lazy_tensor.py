@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import math
 import numbers
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +20,7 @@ from jaxkeops.formula import CAT_I, CAT_J, CAT_NAMES, CAT_P, Const, Node, Var, s
 from jaxkeops.ops import MAX_DIM, apply_op, tensordot_params
 from jaxkeops.primitive import dim_size as _size, keops_reduce
 from jaxkeops.reductions import check_reduction
-from jaxkeops.solve import CONVERGED, STATUS_NAMES, SolveInfo, default_maxiter, ridge_solve
+from jaxkeops.solve import SolveInfo, default_maxiter, ridge_solve, warn_unless_converged
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 # Half-precision inputs are computed (and accumulated) in float32; results come back in the
@@ -933,28 +932,6 @@ def _jitted_ridge_solve(arrays, b, alpha, *, formula, cats, n, batch_shape, eps,
     a, info = jax.vmap(solve_one, in_axes=(tuple(array_axes), 0))(tuple(flat_arrays), flat_b)
     unflatten = lambda x: x.reshape(batch_shape + x.shape[1:])  # noqa: E731
     return unflatten(a), SolveInfo(*(unflatten(x) for x in info))
-
-
-def warn_unless_converged(status) -> None:
-    """Warn from the host when a solve whose info the caller did not ask for did not converge
-    (under jit only then; under vmap the host sees every status and still warns only then)."""
-
-    def report(status):
-        status = np.asarray(status)
-        failed = status != CONVERGED
-        if failed.any():
-            reasons = ", ".join(sorted({STATUS_NAMES[int(s)] for s in status[failed]}))
-            warnings.warn(
-                f"jaxkeops solve: {int(failed.sum())} of {status.size} system column(s) did not "
-                f"converge ({reasons}); the returned solution is not accurate. Pass "
-                "return_info=True to get a jaxkeops.SolveInfo (iterations, residual, status per "
-                "column) and handle it, or raise maxiter / eps.",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-
-    jax.lax.cond(jnp.any(status != CONVERGED),
-                 lambda s: jax.debug.callback(report, s), lambda s: None, status)
 
 
 def _check_alpha(alpha, dtype: np.dtype, where: str = "solve"):

@@ -23,10 +23,12 @@ Differences from KeOps' conjugate gradient (same update formulas otherwise):
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 # Per-column outcome of a solve (SolveInfo.status).
@@ -139,3 +141,24 @@ def ridge_solve(kernel_product: Callable, b: jax.Array, alpha, *, eps, maxiter: 
     )
     return a, SolveInfo(iterations, residual, status)
 
+
+def warn_unless_converged(status) -> None:
+    """Warn from the host when a solve whose info the caller did not ask for did not converge
+    (under jit only then; under vmap the host sees every status and still warns only then)."""
+
+    def report(status):
+        status = np.asarray(status)
+        failed = status != CONVERGED
+        if failed.any():
+            reasons = ", ".join(sorted({STATUS_NAMES[int(s)] for s in status[failed]}))
+            warnings.warn(
+                f"jaxkeops solve: {int(failed.sum())} of {status.size} system column(s) did not "
+                f"converge ({reasons}); the returned solution is not accurate. Pass "
+                "return_info=True to get a jaxkeops.SolveInfo (iterations, residual, status per "
+                "column) and handle it, or raise maxiter / eps.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
+    jax.lax.cond(jnp.any(status != CONVERGED),
+                 lambda s: jax.debug.callback(report, s), lambda s: None, status)
