@@ -473,12 +473,13 @@ def test_emulated_fused_forward_matches_the_oracle(rng, name, axis, D, dtype, ba
         _check(out, CASES[name][1](a64, axis), dtype)
 
 
-@pytest.mark.parametrize("backend,dtype", _with_backends([(np.float32,), (np.float64,)],
-                                                         [(np.float64,)]))
-@pytest.mark.parametrize("axis", [0, 1])
+# Both axes and both dtypes run on the emulation, the contract on one axis: three runs per
+# gradient rather than six (this file is the suite's slowest; CI's time budget is tight).
+@pytest.mark.parametrize("backend,axis,dtype", _with_backends(
+    [(0, np.float32), (1, np.float64)], [(1, np.float64)]))
 @pytest.mark.parametrize("name,wrt", [(n, w) for n, ws in sorted(DIFFERENTIABLE.items())
                                       for w in ws])
-def test_emulated_fused_gradients_match_the_oracle(rng, name, wrt, axis, dtype, backend):
+def test_emulated_fused_gradients_match_the_oracle(rng, name, wrt, backend, axis, dtype):
     a = _arrays(rng, 45, 67, D=3, dtype=dtype)
     a64 = _as_jax({k: v.astype(np.float64) for k, v in a.items()})
     out = jax.eval_shape(_forward(name, axis), _as_jax(a))
