@@ -2,7 +2,7 @@
 and over 2 forced CPU devices, each configuration in its own process (XLA_FLAGS are read when
 jax starts) with one executor thread per device (JAXKEOPS_NUM_THREADS=1).
 
-Besides the time, it reports the pairs each device computes, read off the compiled per-device
+Besides the wall and process CPU times of a call, it reports the pairs each device computes, read off the compiled per-device
 HLO: every jaxkeops custom call's outer rows × inner rows, taken from the shapes of its operands
 of the outer and inner categories. Over M·N/n that ratio is 1.00 when the work is split across
 the n devices and n when every device computes the whole problem (operands all-gathered).
@@ -85,7 +85,6 @@ def _child(n_devices: int, M: int, N: int, repeats: int) -> None:
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
     from jaxkeops import cpu_threads
-    from jaxkeops.benchmarks.harness import Candidate, compare
 
     devices = jax.devices()
     assert len(devices) == n_devices, f"asked for {n_devices} devices, jax has {len(devices)}"
@@ -97,11 +96,31 @@ def _child(n_devices: int, M: int, N: int, repeats: int) -> None:
     f = jax.jit(_gaussian_sum)
     var_cats, axis = operand_categories(_gaussian_sum, *args)
     calls = custom_call_pairs(f.lower(*args).compile().as_text(), var_cats, axis)
-    timing = compare([Candidate("sharded", lambda: f(*args))], repeats=repeats)["sharded"]
+    first, wall, cpu = _time_calls(lambda: f(*args), repeats)
     print(_RESULT_PREFIX + json.dumps({
-        "devices": n_devices, "threads": cpu_threads(), "first": timing.first,
-        "median": timing.median, "calls": calls,
-        "pairs_per_device": sum(o * i for o, i in calls)}), flush=True)
+        "devices": n_devices, "threads": cpu_threads(), "first": first, "median": wall,
+        "cpu": cpu, "calls": calls, "pairs_per_device": sum(o * i for o, i in calls)}),
+        flush=True)
+
+
+def _time_calls(run, repeats: int) -> tuple[float, float, float]:
+    """Seconds of the first call, then the medians of the warm calls' wall time and of this
+    process's CPU time (all its threads: on a loaded machine the CPU time still tells how much
+    work the devices did together)."""
+    import statistics
+    import time
+
+    import jax
+    start = time.perf_counter()
+    jax.block_until_ready(run())
+    first = time.perf_counter() - start
+    walls, cpus = [], []
+    for _ in range(repeats):
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        jax.block_until_ready(run())
+        walls.append(time.perf_counter() - wall0)
+        cpus.append(time.process_time() - cpu0)
+    return first, statistics.median(walls), statistics.median(cpus)
 
 
 def _run_configuration(n_devices: int, M: int, N: int, repeats: int) -> dict:
@@ -126,14 +145,16 @@ def report(M: int, N: int, repeats: int = REPEATS) -> str:
         if M % n or N % n:
             raise SystemExit(f"sharded: M={M} and N={N} must be divisible by {n} devices")
     lines = ["| devices | executor threads per device | first call | median time | "
-             "custom calls per device (outer × inner rows) | pairs per device / (M·N/n) |",
-             "|---|---|---|---|---|---|"]
+             "median process CPU time | custom calls per device (outer × inner rows) | "
+             "pairs per device / (M·N/n) |",
+             "|---|---|---|---|---|---|---|"]
     for n in DEVICE_COUNTS:
         r = _run_configuration(n, M, N, repeats)
         shapes = ", ".join(f"{o} × {i}" for o, i in r["calls"]) or "none found"
         ratio = r["pairs_per_device"] / (M * N / n)
         lines.append(f"| {n} | {r['threads']} | {_seconds(r['first'])} | "
-                     f"{_seconds(r['median'])} | {shapes} | {ratio:.2f} |")
+                     f"{_seconds(r['median'])} | {_seconds(r['cpu'])} | {shapes} | "
+                     f"{ratio:.2f} |")
     return "\n".join(lines)
 
 
