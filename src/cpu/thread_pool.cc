@@ -76,22 +76,18 @@ struct Job {
 
 class Pool {
  public:
-  explicit Pool(int n_threads) { resize(n_threads); }
+  explicit Pool(int n_threads) : active_(n_threads - 1) {}
 
   // The threads of one call: the caller plus the active workers.
   int size() const { return active_.load(std::memory_order_relaxed) + 1; }
 
+  // Workers are only ever added, and only when a job needs them (so that a count lowered at
+  // import never starts the default's threads). A worker whose index is at or beyond the active
+  // count sleeps instead of taking jobs: lowering the count needs no thread to be joined.
   int resize(int n_threads) {
     std::lock_guard<std::mutex> lock(mu_);
     const int previous = active_.load(std::memory_order_relaxed) + 1;
-    const int want = n_threads - 1;
-    // Workers are only ever added: a worker whose index is at or beyond the active count
-    // sleeps instead of taking jobs, so lowering the count needs no thread to be joined.
-    while (static_cast<int>(workers_.size()) < want) {
-      const int index = static_cast<int>(workers_.size());
-      workers_.emplace_back([this, index] { loop(index); });
-    }
-    active_.store(want, std::memory_order_relaxed);
+    active_.store(n_threads - 1, std::memory_order_relaxed);
     cv_.notify_all();
     return previous;
   }
@@ -102,6 +98,11 @@ class Pool {
     job->n = n;
     {
       std::lock_guard<std::mutex> lock(mu_);
+      const int active = active_.load(std::memory_order_relaxed);
+      while (static_cast<int>(workers_.size()) < active) {
+        const int index = static_cast<int>(workers_.size());
+        workers_.emplace_back([this, index] { loop(index); });
+      }
       jobs_.push_back(job);
     }
     cv_.notify_all();
