@@ -94,3 +94,28 @@ def test_set_cpu_threads_in_process(rng):
     for bad in (0, -2, 1.5, True):
         with pytest.raises(ValueError, match=r"set_cpu_threads: n must be a positive int, got"):
             jaxkeops.set_cpu_threads(bad)
+
+
+def test_changing_the_count_while_reductions_run(rng):
+    """Callers on several threads while the count goes up and down: every result right, no
+    deadlock (workers beyond the count finish their job, then sleep)."""
+    import concurrent.futures
+
+    import jax
+
+    # Integer coordinates: exact float32 distances, ties resolved to the lowest index.
+    x = rng.integers(-3, 4, size=(7, 3)).astype(np.float32)
+    y = rng.integers(-3, 4, size=(5003, 3)).astype(np.float32)
+    f = jax.jit(lambda x, y: jaxkeops.Vi(x).sqdist(jaxkeops.Vj(y)).argmin(axis=1))
+    expected = np.argmin(((x[:, None] - y[None]) ** 2).sum(-1), axis=1)[:, None]
+    before = jaxkeops.cpu_threads()
+    try:
+        with concurrent.futures.ThreadPoolExecutor(3) as callers:
+            futures = []
+            for count in (3, 1, 2, 4, 1, 2):
+                jaxkeops.set_cpu_threads(count)
+                futures += [callers.submit(lambda: np.asarray(f(x, y))) for _ in range(3)]
+            for future in futures:
+                np.testing.assert_array_equal(future.result(timeout=60), expected)
+    finally:
+        jaxkeops.set_cpu_threads(before)
