@@ -45,3 +45,11 @@ def test_custom_call_pairs_reads_outer_and_inner_rows(rng):
         var_cats, axis = operand_categories(f, x, y, b)
         hlo = jax.jit(f).lower(x, y, b).compile().as_text()
         assert custom_call_pairs(hlo, var_cats, axis) == expected, f.__name__
+
+    # A batch of 2 problems: 2 × 13 outer rows, each against 7 inner rows.
+    batched = jax.vmap(over_j)
+    xs, ys = np.stack([x, x + 1]), np.stack([y, y - 1])
+    bs = rng.normal(size=(2, 7, 2)).astype(np.float32)
+    var_cats, axis = operand_categories(batched, xs, ys, bs)
+    hlo = jax.jit(batched).lower(xs, ys, bs).compile().as_text()
+    assert custom_call_pairs(hlo, var_cats, axis) == [(26, 7)]

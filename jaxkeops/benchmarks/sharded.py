@@ -16,10 +16,12 @@ import re
 import subprocess
 import sys
 
+import numpy as np
+
 DEVICE_COUNTS = (1, 2)
 REPEATS = 3
 TIMEOUT_S = 1800
-_TARGETS = ("jaxkeops_reduce", "jaxkeops_fused")
+_TARGET = "jaxkeops_reduce"  # the CPU executor's (its operands are the formula's variables)
 _RESULT_PREFIX = "SHARDED_RESULT "
 NOTE = ("each configuration runs in its own process with JAXKEOPS_NUM_THREADS=1 (one executor "
         "thread per device); the pairs per device are read off the compiled per-device HLO "
@@ -45,14 +47,13 @@ _CONSTRAINTS = re.compile(r"operand_layout_constraints=\{((?:[^{}]|\{[^{}]*\})*)
 
 
 def custom_call_pairs(hlo_text: str, var_cats, axis: int) -> list[tuple[int, int]]:
-    """(outer rows, inner rows) of every jaxkeops custom call in a compiled HLO module; rows are
-    the second-to-last dimension of the operands of the outer / inner category (times the batch
-    dims of the outer ones)."""
+    """(outer rows, inner rows) of every jaxkeops_reduce custom call in a compiled HLO module:
+    the second-to-last dimension of its operands of the outer / inner category, the outer one
+    times the batch dims (one pair per batch entry, outer row and inner row)."""
     outer_cat, inner_cat = (0, 1) if axis == 1 else (1, 0)
     calls = []
     for line in hlo_text.splitlines():
-        if "custom-call(" not in line or not any(f'custom_call_target="{t}"' in line
-                                                  for t in _TARGETS):
+        if "custom-call(" not in line or f'custom_call_target="{_TARGET}"' not in line:
             continue
         constraints = _CONSTRAINTS.search(line)
         if constraints is None:
@@ -63,25 +64,18 @@ def custom_call_pairs(hlo_text: str, var_cats, axis: int) -> list[tuple[int, int
             raise ValueError(f"a jaxkeops custom call with {len(shapes)} operands for "
                              f"{len(var_cats)} variables: {line[:300]}")
 
-        def rows(cat):
-            sizes = {_rows_with_batch(s) for s, c in zip(shapes, var_cats) if c == cat}
+        def rows(cat, with_batch):
+            sizes = {int(np.prod(s[:-1])) if with_batch else s[-2]
+                     for s, c in zip(shapes, var_cats) if c == cat}
             return max(sizes) if sizes else 1
-        calls.append((rows(outer_cat), rows(inner_cat)))
+        calls.append((rows(outer_cat, True), rows(inner_cat, False)))
     return calls
-
-
-def _rows_with_batch(shape) -> int:
-    rows = 1
-    for d in shape[:-1]:
-        rows *= d
-    return rows
 
 
 def _child(n_devices: int, M: int, N: int, repeats: int) -> None:
     """Runs in the configuration's own process: times the sharded Gaussian sum and prints one
     line of JSON."""
     import jax
-    import numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
     from jaxkeops import cpu_threads
