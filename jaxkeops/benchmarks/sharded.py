@@ -4,8 +4,9 @@ jax starts) with one executor thread per device (JAXKEOPS_NUM_THREADS=1).
 
 Besides the wall and process CPU times of a call, it reports the pairs each device computes,
 read off the compiled per-device HLO: every jaxkeops custom call's outer rows × inner rows,
-taken from the shapes of its operands of the outer and inner categories. Over M·N/n that ratio is 1.00 when the work is split across
-the n devices and n when every device computes the whole problem (operands all-gathered).
+taken from the shapes of its operands of the outer and inner categories. Over M·N/n that ratio
+is 1.00 when the work is split across the n devices and n when every device computes the whole
+problem (operands all-gathered).
 """
 
 from __future__ import annotations
