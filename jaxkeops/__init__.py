@@ -11,8 +11,10 @@ from jaxkeops.primitive import keops_reduce, keops_reduce_p
 from jaxkeops.lineax_adapter import lineax_operator
 from jaxkeops.solve import SolveInfo
 from jaxkeops.export import export_disabled_checks
+from jaxkeops.cpu_threads import cpu_threads, set_cpu_threads
 
 __version__ = "0.1.0"
 
 __all__ = ["LazyTensor", "Vi", "Vj", "Pm", "keops_reduce", "keops_reduce_p", "SolveInfo",
-           "lineax_operator", "export_disabled_checks", "explain"]
+           "lineax_operator", "export_disabled_checks", "explain", "cpu_threads",
+           "set_cpu_threads"]

@@ -14,7 +14,9 @@ NB_MODULE(_jaxkeops_cpu, m) {
       {{"jaxkeops_fused", reinterpret_cast<void*>(&jaxkeops_fused_cpu)},
        {"jaxkeops_reduce_gpu_emulation", reinterpret_cast<void*>(&jaxkeops_reduce_gpu_emulation)}});
   m.def("num_threads", &jaxkeops::cpu::num_threads,
-        "Threads the CPU executor uses (the caller plus its persistent pool).");
+        "Threads the CPU executor uses per call (the caller plus its pool's active workers).");
+  m.def("set_num_threads", &jaxkeops::cpu::set_num_threads, nanobind::arg("n"),
+        "Sets the CPU executor's threads per call (n >= 1); returns the previous count.");
   m.def("program_cache_stats", &jaxkeops::program_cache_stats,
         "(entries, bytes) of the decoded-program cache of the CPU handler.");
   m.def(

@@ -416,6 +416,15 @@ def gpu_compare(M, N, budget):
                 [compare_gpu.report(scale=scale)])
 
 
+# ---------------------------------------------------------------- sharded over devices
+
+def sharded(M, N, budget):
+    """A Gaussian sum split by rows over 1 and 2 CPU devices: jaxkeops/benchmarks/sharded.py."""
+    from jaxkeops.benchmarks import sharded as sharded_runs
+    return Case(f"Gaussian sum with x, y, b sharded by rows over CPU devices, M={M}, N={N}, "
+                f"D=3, float32", M * N, [], [sharded_runs.report(M, N), sharded_runs.NOTE])
+
+
 GPU_COMPARE_SIZE = (1_000_000, 1_000_000)
 
 BENCHMARKS = {
@@ -432,4 +441,5 @@ BENCHMARKS = {
     "gpu_static": Benchmark((0, 0), gpu_static, in_default=False),
     "gpu_compare": Benchmark(GPU_COMPARE_SIZE, gpu_compare, in_default=False),
     "spellings": Benchmark((20000, 20000), spellings),
+    "sharded": Benchmark((40000, 40000), sharded, in_default=False),
 }

@@ -6,6 +6,7 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <stdexcept>
 #include <thread>
 #include <vector>
 
@@ -75,10 +76,21 @@ struct Job {
 
 class Pool {
  public:
-  explicit Pool(int n_workers) {
-    for (int k = 0; k < n_workers; ++k) workers_.emplace_back([this] { loop(); });
+  explicit Pool(int n_threads) : active_(n_threads - 1) {}
+
+  // The threads of one call: the caller plus the active workers.
+  int size() const { return active_.load(std::memory_order_relaxed) + 1; }
+
+  // Workers are only ever added, and only when a job needs them (so that a count lowered at
+  // import never starts the default's threads). A worker whose index is at or beyond the active
+  // count sleeps instead of taking jobs: lowering the count needs no thread to be joined.
+  int resize(int n_threads) {
+    std::lock_guard<std::mutex> lock(mu_);
+    const int previous = active_.load(std::memory_order_relaxed) + 1;
+    active_.store(n_threads - 1, std::memory_order_relaxed);
+    cv_.notify_all();
+    return previous;
   }
-  int size() const { return static_cast<int>(workers_.size()) + 1; }
 
   bool run(int64_t n, const std::function<void(int64_t)>& fn) {
     auto job = std::make_shared<Job>();
@@ -86,6 +98,11 @@ class Pool {
     job->n = n;
     {
       std::lock_guard<std::mutex> lock(mu_);
+      const int active = active_.load(std::memory_order_relaxed);
+      while (static_cast<int>(workers_.size()) < active) {
+        const int index = static_cast<int>(workers_.size());
+        workers_.emplace_back([this, index] { loop(index); });
+      }
       jobs_.push_back(job);
     }
     cv_.notify_all();
@@ -105,12 +122,14 @@ class Pool {
     if (it != jobs_.end()) jobs_.erase(it);
   }
 
-  void loop() {
+  void loop(int index) {
     for (;;) {
       std::shared_ptr<Job> job;
       {
         std::unique_lock<std::mutex> lock(mu_);
-        cv_.wait(lock, [&] { return !jobs_.empty(); });
+        cv_.wait(lock, [&] {
+          return index < active_.load(std::memory_order_relaxed) && !jobs_.empty();
+        });
         job = jobs_.front();
       }
       job->work();
@@ -122,14 +141,14 @@ class Pool {
   std::condition_variable cv_;
   std::deque<std::shared_ptr<Job>> jobs_;
   std::vector<std::thread> workers_;
+  std::atomic<int> active_{0};  // workers allowed to take jobs (num_threads() - 1)
 };
 
 Pool& pool() {
   // Never destroyed: workers block forever on the queue and die with the process.
   static Pool* p = [] {
     unsigned hc = std::thread::hardware_concurrency();
-    int n = hc > 1 ? static_cast<int>(hc) - 1 : 0;
-    return new Pool(n);
+    return new Pool(hc > 1 ? static_cast<int>(hc) : 1);
   }();
   return *p;
 }
@@ -137,6 +156,11 @@ Pool& pool() {
 }  // namespace
 
 int num_threads() { return pool().size(); }
+
+int set_num_threads(int n) {
+  if (n < 1) throw std::invalid_argument("set_num_threads: the thread count must be >= 1");
+  return pool().resize(n);
+}
 
 bool parallel_for(int64_t n, const std::function<void(int64_t)>& fn) {
   if (n <= 0) return true;
