@@ -11,8 +11,9 @@ from jaxkeops.primitive import keops_reduce, keops_reduce_p
 from jaxkeops.lineax_adapter import lineax_operator
 from jaxkeops.solve import SolveInfo
 from jaxkeops.export import export_disabled_checks
+from jaxkeops.sharded_reduce import sharded_reduce
 
 __version__ = "0.1.0"
 
 __all__ = ["LazyTensor", "Vi", "Vj", "Pm", "keops_reduce", "keops_reduce_p", "SolveInfo",
-           "lineax_operator", "export_disabled_checks", "explain"]
+           "lineax_operator", "export_disabled_checks", "explain", "sharded_reduce"]
