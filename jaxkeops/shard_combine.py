@@ -37,7 +37,7 @@ def shard_offset(axes: tuple[str, ...], block_size: int) -> jax.Array:
 
 def _shift(L, axes):
     """The largest block log-sum-exp (a constant for differentiation), 0 where all are -inf."""
-    m = lax.stop_gradient(lax.pmax(L, axes))
+    m = lax.pmax(lax.stop_gradient(L), axes)
     return jnp.where(jnp.isfinite(m), m, jnp.zeros_like(m))
 
 
@@ -97,8 +97,8 @@ def gather_by_psum(x, axes, k_axis: int):
     n = lax.axis_size(axes)
     size = x.shape[k_axis]
     shape = x.shape[:k_axis] + (n * size,) + x.shape[k_axis + 1:]
-    start = [0] * x.ndim
-    start[k_axis] = lax.axis_index(axes) * size
+    start = [jnp.zeros((), jnp.int32)] * x.ndim
+    start[k_axis] = (lax.axis_index(axes) * size).astype(jnp.int32)
     buffer = lax.dynamic_update_slice(jnp.zeros(shape, x.dtype), x, start)
     return lax.psum(buffer, axes)
 
