@@ -1,18 +1,20 @@
 """The multi-device half of tests/test_sharding.py, run in its own process.
 
 XLA's CPU device count is fixed when jax initialises, so the sharded checks cannot share the test
-process: tests/test_sharding.py runs this script once with 8 forced CPU devices. It computes every
+process: tests/test_sharding.py runs this script once with n forced CPU devices (8, or
+JAXKEOPS_SHARDING_DEVICES: 4 works too, any even divisor of 48). It computes every
 case sharded and on one device (and the float64 dense reference where cheap), reads the compiled
 per-device HLO, and saves the arrays (npz) and HLO facts (json) for the test module to assert on.
 
-    python tests/sharding_worker.py OUT_PREFIX SEED
+    python tests/sharding_worker.py OUT_PREFIX SEED [N_DEVICES]
 """
 
 import os
 import sys
 
+N_DEVICES = int(sys.argv[3]) if len(sys.argv) > 3 else 8
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                           + " --xla_force_host_platform_device_count=8")
+                           + f" --xla_force_host_platform_device_count={N_DEVICES}")
 
 import json  # noqa: E402
 import re  # noqa: E402
@@ -28,7 +30,7 @@ import jaxkeops  # noqa: E402
 from jaxkeops import Pm, Vi, Vj  # noqa: E402
 
 M, N, D, E = 64, 48, 3, 2
-N_DEVICES = 8
+n = N_DEVICES
 
 _CALL = re.compile(r"custom-call\(.*custom_call_target=\"(jaxkeops_\w+)\".*"
                    r"operand_layout_constraints=\{((?:[^{}]|\{[^{}]*\})*)\}")
@@ -100,11 +102,11 @@ def inputs(seed):
 # Layouts: the mesh, the specs of x (i points) and of y, v (j points), the per-device block
 # sizes (rows of x, rows of y), and whether the reduced-axis split must fall back.
 LAYOUTS = {
-    "x": ((8,), ("d",), P("d"), P(), (8, 48)),
-    "y": ((8,), ("d",), P(), P("d"), (64, 6)),
-    "xy": ((4, 2), ("a", "b"), P("a"), P("b"), (16, 24)),
+    "x": ((n,), ("d",), P("d"), P()),
+    "y": ((n,), ("d",), P(), P("d")),
+    "xy": ((n // 2, 2), ("a", "b"), P("a"), P("b")),
     # one mesh axis on both grid axes: the reduced axis is replicated (fallback)
-    "same_axis": ((8,), ("d",), P("d"), P("d"), None),
+    "same_axis": ((n,), ("d",), P("d"), P("d")),
 }
 
 
@@ -131,7 +133,7 @@ def main(prefix, seed):
 
     single_jvp = jax.jit(jvp)(x, y, v, *tangents)
 
-    for name, (shape, names, spec_x, spec_y, _) in LAYOUTS.items():
+    for name, (shape, names, spec_x, spec_y) in LAYOUTS.items():
         mesh = auto_mesh(shape, names)
         xs = jax.device_put(x, NamedSharding(mesh, spec_x))
         ys, vs = (jax.device_put(a, NamedSharding(mesh, spec_y)) for a in (y, v))
@@ -145,15 +147,16 @@ def main(prefix, seed):
         ts = [jax.device_put(t, a.sharding) for t, a in zip(tangents, (xs, ys, vs))]
         put(f"jvp.{name}", jax.jit(jvp)(xs, ys, vs, *ts), single_jvp)
 
-    # K larger than a block of the reduced axis (6 points per device): fallback.
-    mesh = auto_mesh((8,), ("d",))
+    # K larger than a block of the reduced axis (N/n points per device): fallback.
+    mesh = auto_mesh((n,), ("d",))
     ys = jax.device_put(y, NamedSharding(mesh, P("d")))
-    kmin7 = jax.jit(lambda x, y: {"argKmin7": (-((Vi(x) - Vj(y)) ** 2).sum()).argKmin(7, axis=1)})
-    put("kmin_fallback", kmin7(x, ys), kmin7(x, y))
-    facts["kmin_fallback"] = hlo_facts(kmin7.lower(x, ys).compile().as_text())
+    big_k = jax.jit(lambda x, y: {
+        "argKmin": (-((Vi(x) - Vj(y)) ** 2).sum()).argKmin(N // n + 1, axis=1)})
+    put("kmin_fallback", big_k(x, ys), big_k(x, y))
+    facts["kmin_fallback"] = hlo_facts(big_k.lower(x, ys).compile().as_text())
 
     # An explicitly sharded mesh (jax.make_mesh's default axis type): forward and gradient.
-    explicit = jax.make_mesh((8,), ("d",), axis_types=(AxisType.Explicit,))
+    explicit = jax.make_mesh((n,), ("d",), axis_types=(AxisType.Explicit,))
     ys, vs = (jax.device_put(a, NamedSharding(explicit, P("d"))) for a in (y, v))
     xs = jax.device_put(x, NamedSharding(explicit, P()))
     put("explicit.forward", jax.jit(kernels)(xs, ys, vs), single_fwd)
@@ -181,7 +184,7 @@ def solve_case(arrays, facts, seed):
     def solve_loss(x, b, sigma):
         return jnp.sum(jnp.sin(solve(x, b, sigma)))
 
-    mesh = auto_mesh((8,), ("d",))
+    mesh = auto_mesh((n,), ("d",))
     xs, bs = (jax.device_put(a, NamedSharding(mesh, P("d"))) for a in (x, b))
     sigma = np.array([0.7])
     f = jax.jit(solve)
@@ -219,7 +222,7 @@ def batch_case(arrays, facts, seed):
     f = jax.jit(jax.vmap(one))
     g = jax.jit(jax.grad(lambda x, y: sum(jnp.sum(jnp.sin(o)) for o in jax.vmap(one)(x, y)
                                           if o.dtype.kind == "f"), argnums=(0, 1)))
-    mesh = auto_mesh((8,), ("d",))
+    mesh = auto_mesh((n,), ("d",))
     xs, ys = (jax.device_put(a, NamedSharding(mesh, P("d"))) for a in (x, y))
     for k, (s, one_) in enumerate(zip(f(xs, ys), f(x, y))):
         arrays[f"batch/out{k}/sharded"], arrays[f"batch/out{k}/single"] = s, one_
@@ -235,7 +238,7 @@ def shard_map_cases(arrays, seed):
     rng = np.random.default_rng([seed, 3])
     x, y, v = rng.normal(size=(M, D)), rng.normal(size=(N, D)), rng.normal(size=(N, E))
     sigma = np.array([0.8])
-    mesh = auto_mesh((8,), ("d",))
+    mesh = auto_mesh((n,), ("d",))
 
     def rows_loss(x, y, v, sigma):
         S = -((Vi(x) - Vj(y)) ** 2).sum() * Pm(sigma)

@@ -1,9 +1,10 @@
-"""Reductions across 8 devices: partitioned under jit, and inside shard_map.
+"""Reductions across n = 8 devices (JAXKEOPS_SHARDING_DEVICES=4 checks 4): partitioned under jit,
+and inside shard_map.
 
 The device count is fixed when jax initialises, so tests/sharding_worker.py computes every case in
-one subprocess with 8 forced CPU devices (sharded, and on one device) and reads the compiled
+one subprocess with n forced CPU devices (sharded, and on one device) and reads the compiled
 per-device HLO; the tests here assert on what it saved: results equal to one device's (indices
-exactly), each jaxkeops custom call on 1/8 of the pairs, no gather of the reduced axis except the
+exactly), each jaxkeops custom call on 1/n of the pairs, no gather of the reduced axis except the
 documented K-min merge and fallbacks.
 """
 
@@ -20,9 +21,10 @@ from conftest import SEED
 
 WORKER = Path(__file__).with_name("sharding_worker.py")
 M, N, D, E = 64, 48, 3, 2
-N_DEVICES = 8
+N_DEVICES = int(os.environ.get("JAXKEOPS_SHARDING_DEVICES", "8"))
+n = N_DEVICES
 # Block sizes (rows of x, rows of y) per layout of tests/sharding_worker.py.
-BLOCKS = {"x": (8, 48), "y": (64, 6), "xy": (16, 24)}
+BLOCKS = {"x": (M // n, N), "y": (M, N // n), "xy": (M // (n // 2), N // 2)}
 KMIN_K = {2, 3}  # the K values of the K-min reductions in the worker
 
 
@@ -31,7 +33,8 @@ def run(tmp_path_factory):
     prefix = str(tmp_path_factory.mktemp("sharding") / "run")
     env = dict(os.environ)
     env.pop("XLA_FLAGS", None)
-    subprocess.run([sys.executable, str(WORKER), prefix, str(SEED)], check=True, env=env,
+    subprocess.run([sys.executable, str(WORKER), prefix, str(SEED), str(N_DEVICES)], check=True,
+                   env=env,
                    timeout=600)
     arrays = dict(np.load(prefix + ".npz"))
     with open(prefix + ".json") as f:
@@ -81,10 +84,10 @@ def test_ties_go_to_the_lowest_index_across_shards(run):
 @pytest.mark.parametrize("layout", ["x", "y", "xy"])
 def test_each_device_computes_its_share_of_the_pairs(run, layout):
     """The per-device HLO: every jaxkeops call gets blocks of rows (M/n_x, N/n_y) whose product is
-    M·N/8, and nothing of the reduced axis is all-gathered (only the n·K K-min candidates)."""
+    M·N/n, and nothing of the reduced axis is all-gathered (only the n·K K-min candidates)."""
     _, facts = run
     rows_x, rows_y = BLOCKS[layout]
-    assert rows_x * rows_y == M * N // N_DEVICES
+    assert rows_x * rows_y == M * N // n
     for stage in ("forward", "grad"):
         calls = facts[f"{stage}.{layout}"]["calls"]
         assert len(calls) >= 10
@@ -105,8 +108,8 @@ def test_fallbacks_gather_the_reduced_axis(run):
     (documented fallbacks), the outer axis stays split, results stay exact."""
     arrays, facts = run
     for shapes in facts["forward.same_axis"]["calls"]:
-        # over j: 8 rows of x against all of y; over i (sum_i): 6 rows of y against all of x
-        assert {s[0] for s in shapes if len(s) == 2} in ({M // 8, N}, {N // 8, M}), shapes
+        # over j: M/n rows of x against all of y; over i (sum_i): N/n rows of y against all of x
+        assert {s[0] for s in shapes if len(s) == 2} in ({M // n, N}, {N // n, M}), shapes
     assert [N, D] in facts["forward.same_axis"]["all_gathers"]
     _assert_same("kmin_fallback", arrays)
     assert [N, D] in facts["kmin_fallback"]["all_gathers"]
@@ -132,7 +135,7 @@ def test_solve_with_sharded_points(run):
     arrays, facts = run
     _assert_same("solve", arrays, rtol=1e-8, atol=1e-8)
     for shapes in facts["solve"]["calls"]:
-        assert {s[0] for s in shapes if len(s) == 2} == {M // N_DEVICES, M}, shapes
+        assert {s[0] for s in shapes if len(s) == 2} == {M // n, M}, shapes
     per_iteration = [s for s in facts["solve"]["while_bodies"] if s[0] == M]
     assert sum(1 for s in per_iteration if s == [M, E]) <= 1, per_iteration
 
@@ -141,7 +144,7 @@ def test_vmapped_batch_sharded_over_the_batch_axis(run):
     arrays, facts = run
     _assert_same("batch", arrays, rtol=1e-9, atol=1e-9)
     for shapes in facts["batch"]["calls"]:
-        assert all(s[0] == 1 for s in shapes if len(s) == 3), shapes  # one problem per device
+        assert all(s[0] == 8 // n for s in shapes if len(s) == 3), shapes  # 8 problems in all
     assert facts["batch"]["all_gathers"] == [] and facts["batch"]["all_reduces"] == 0
 
 
