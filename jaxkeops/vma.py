@@ -21,7 +21,7 @@ _insert_pvary = getattr(core, "auto_insert_reshard", None) or getattr(
     core, "standard_insert_pvary", None)
 # jax >= 0.10.1 carries the vma in ShapedArray(manual_axis_type=ManualAxisType(varying=...));
 # older versions in ShapedArray(vma=frozenset).
-_HAS_MANUAL_AXIS_TYPE = "manual_axis_type" in inspect.signature(ShapedArray.__new__).parameters
+_HAS_MANUAL_AXIS_TYPE = "manual_axis_type" in inspect.signature(ShapedArray).parameters
 
 
 def insert_pvary(*operands):
