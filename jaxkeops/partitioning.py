@@ -155,17 +155,17 @@ class ShardPlan:
 
 
 def make_plan(params: dict, mesh, arg_shapes, result_shapes) -> ShardPlan:
-    """Choose the split from the operands' shardings (the first result's for a dim no operand
-    has): the first operand split along a grid axis or batch dim decides it; a split whose
-    shard count does not divide the size, or that reuses a mesh axis, is dropped."""
+    """Choose the split from the shardings propagation gave: along a batch dim or the outer axis,
+    the first operand split there decides (else the first result's split: slicing replicated
+    operands costs no communication); along the inner axis, the first inner operand. A split
+    whose shard count does not divide the size, or that reuses a mesh axis, is dropped."""
     nb = len(params["batch_shape"])
     axis = params["axis"]
     n_outer, n_inner = (params["ni"], params["nj"]) if axis == 1 else (params["nj"], params["ni"])
     roles = [category_role(c, axis) for c in params["var_cats"]]
     specs = [_spec_of(a.sharding, len(a.shape)) for a in arg_shapes]
     first = result_shapes[0]
-    result_spec = _spec_of(first.sharding, len(first.shape)) if hasattr(first, "sharding") \
-        else (None,) * len(first.shape)
+    result_spec = _spec_of(getattr(first, "sharding", None), len(first.shape))
     used: set[str] = set()
 
     def count(axes) -> int:
@@ -185,7 +185,7 @@ def make_plan(params: dict, mesh, arg_shapes, result_shapes) -> ShardPlan:
 
     # The outer axis first: its split is free; the inner one costs a combine.
     outers = [k for k, r in enumerate(roles) if r == ROLE_OUTER]
-    outer = usable(split_of(outers, nb, None if outers else result_spec[nb]), n_outer)
+    outer = usable(split_of(outers, nb, result_spec[nb]), n_outer)
     batch = []
     for d, size in enumerate(params["batch_shape"]):
         full = [k for k, a in enumerate(arg_shapes) if not _broadcast_batch_dim(params, a.shape, d)]

@@ -119,9 +119,7 @@ def main(prefix, seed):
     arrays, facts = {}, {}
 
     def put(name, sharded, single):
-        for k in sharded:
-            arrays[f"{name}/{k}/sharded"] = np.asarray(sharded[k])
-            arrays[f"{name}/{k}/single"] = np.asarray(single[k])
+        put_pair(arrays, name, sharded, single)
 
     single_fwd = jax.jit(kernels)(x, y, v)
     grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
@@ -162,12 +160,33 @@ def main(prefix, seed):
     put("explicit.forward", jax.jit(kernels)(xs, ys, vs), single_fwd)
     put("explicit.grad", dict(zip("xyv", grad(xs, ys, vs))), single_grad)
 
+    export_case(arrays, facts, x, y)
     solve_case(arrays, facts, seed)
     batch_case(arrays, facts, seed)
     shard_map_cases(arrays, seed)
     np.savez(prefix + ".npz", **arrays)
     with open(prefix + ".json", "w") as f:
         json.dump(facts, f)
+
+
+def export_case(arrays, facts, x, y):
+    """jax.export lowers the plain call (the partitioner's callbacks cannot be serialized)."""
+    mesh = auto_mesh((n,), ("d",))
+    ys = jax.device_put(y, NamedSharding(mesh, P("d")))
+    f = jax.jit(lambda x, y: {"logsumexp": (-((Vi(x) - Vj(y)) ** 2).sum()).logsumexp(axis=1)})
+    exported = jax.export.export(f, disabled_checks=jaxkeops.export_disabled_checks())(x, ys)
+    put_pair(arrays, "export", exported.call(x, ys), f(x, y))
+    facts["export"] = {
+        "exported_partitions": "CustomSPMDPartitioning" in exported.mlir_module(),
+        "exported_calls_jaxkeops": "jaxkeops_reduce" in exported.mlir_module(),
+        "jit_partitions": "CustomSPMDPartitioning" in f.lower(x, ys).as_text(),
+    }
+
+
+def put_pair(arrays, name, sharded, single):
+    for k in sharded:
+        arrays[f"{name}/{k}/sharded"] = np.asarray(sharded[k])
+        arrays[f"{name}/{k}/single"] = np.asarray(single[k])
 
 
 def solve_case(arrays, facts, seed):
@@ -210,10 +229,11 @@ def _while_body_gathers(text: str) -> list:
 
 
 def batch_case(arrays, facts, seed):
-    """A vmapped batch of problems with the batch axis split across the devices."""
+    """A vmapped batch of problems, the batch axis split across the devices; and the batch
+    split over one mesh axis while the reduced axis is split over another."""
     rng = np.random.default_rng([seed, 2])
     B = 8
-    x, y = rng.normal(size=(B, 20, D)), rng.normal(size=(B, 13, D))
+    x, y = rng.normal(size=(B, 20, D)), rng.normal(size=(B, 14, D))
 
     def one(x, y):
         S = -((Vi(x) - Vj(y)) ** 2).sum()
@@ -224,11 +244,18 @@ def batch_case(arrays, facts, seed):
                                           if o.dtype.kind == "f"), argnums=(0, 1)))
     mesh = auto_mesh((n,), ("d",))
     xs, ys = (jax.device_put(a, NamedSharding(mesh, P("d"))) for a in (x, y))
-    for k, (s, one_) in enumerate(zip(f(xs, ys), f(x, y))):
+    single = f(x, y)
+    for k, (s, one_) in enumerate(zip(f(xs, ys), single)):
         arrays[f"batch/out{k}/sharded"], arrays[f"batch/out{k}/single"] = s, one_
     for k, (s, one_) in enumerate(zip(g(xs, ys), g(x, y))):
         arrays[f"batch/grad{k}/sharded"], arrays[f"batch/grad{k}/single"] = s, one_
     facts["batch"] = hlo_facts(f.lower(xs, ys).compile().as_text())
+    mesh = auto_mesh((n // 2, 2), ("a", "b"))
+    xs = jax.device_put(x, NamedSharding(mesh, P("a")))
+    ys = jax.device_put(y, NamedSharding(mesh, P("a", "b")))
+    for k, (s, one_) in enumerate(zip(f(xs, ys), single)):
+        arrays[f"batch_2d/out{k}/sharded"], arrays[f"batch_2d/out{k}/single"] = s, one_
+    facts["batch_2d"] = hlo_facts(f.lower(xs, ys).compile().as_text())
 
 
 def shard_map_cases(arrays, seed):

@@ -14,10 +14,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
+from jax.sharding import AbstractMesh, NamedSharding, PartitionSpec as P
 
 from conftest import SEED
+from jaxkeops import LazyTensor, Vi, Vj
+from jaxkeops.partitioning import make_plan
 
 WORKER = Path(__file__).with_name("sharding_worker.py")
 M, N, D, E = 64, 48, 3, 2
@@ -146,6 +150,11 @@ def test_vmapped_batch_sharded_over_the_batch_axis(run):
     for shapes in facts["batch"]["calls"]:
         assert all(s[0] == 8 // n for s in shapes if len(s) == 3), shapes  # 8 problems in all
     assert facts["batch"]["all_gathers"] == [] and facts["batch"]["all_reduces"] == 0
+    # batch over "a" (n/2 shards), rows of y over "b" (2 shards): 2 problems, 7 rows of y each
+    _assert_same("batch_2d", arrays)
+    for shapes in facts["batch_2d"]["calls"]:
+        assert all(s[0] == 8 // (n // 2) for s in shapes if len(s) == 3), shapes
+        assert 7 in {s[1] for s in shapes if len(s) == 3}, shapes
 
 
 def test_shard_map_gradients_with_check_vma(run):
@@ -162,3 +171,58 @@ def test_sharded_reduce_in_shard_map(run):
     _assert_same("sharded_reduce", arrays)
     _assert_same("sharded_reduce_grad", arrays, rtol=1e-9, atol=1e-9)
     _assert_same("sharded_reduce_jvp", arrays, rtol=1e-9, atol=1e-9)
+
+
+def test_export_lowers_the_plain_call(run):
+    """jax.export of a function with sharded inputs: the plain jaxkeops call (no
+    custom_partitioning in the module), same results; plain jit partitions."""
+    arrays, facts = run
+    assert facts["export"] == {"exported_partitions": False, "exported_calls_jaxkeops": True,
+                               "jit_partitions": True}
+    _assert_same("export", arrays)
+
+
+# --- the split chosen for given shardings (no devices needed) ------------------------------------
+
+
+def _plan(lazy_call, shapes_specs, mesh_shape=(8,), names=("d",)):
+    """make_plan for the one reduction `lazy_call` traces, given (shape, spec) per operand."""
+    mesh = AbstractMesh(mesh_shape, names)
+    jaxpr = jax.make_jaxpr(lazy_call)(*[np.zeros(shape) for shape, _ in shapes_specs])
+    (eqn,) = [e for e in jaxpr.eqns if e.primitive.name == "keops_reduce"]
+    args = [jax.ShapeDtypeStruct(shape, np.float64, sharding=NamedSharding(mesh, spec))
+            for shape, spec in shapes_specs]
+    results = [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for v in eqn.outvars]
+    return make_plan(eqn.params, mesh, args, results)
+
+
+def _nearest(K):
+    return lambda x, y: ((Vi(x) - Vj(y)) ** 2).sum().argKmin(K, axis=1)
+
+
+def test_plan_splits_both_grid_axes_on_two_mesh_axes():
+    plan = _plan(_nearest(3), [((64, 3), P("a")), ((48, 3), P("b"))], (4, 2), ("a", "b"))
+    assert (plan.outer, plan.inner, plan.local_n_outer, plan.local_n_inner) == (
+        ("a",), ("b",), 16, 24)
+
+
+@pytest.mark.parametrize("case", ["same_axis", "not_dividing", "K_above_block"])
+def test_plan_falls_back_to_a_whole_reduced_axis(case):
+    """Splits that cannot work leave the reduced axis whole (XLA gathers it)."""
+    x_spec, rows_y, K = {"same_axis": (P("d"), 48, 3), "not_dividing": (P(), 50, 3),
+                         "K_above_block": (P(), 48, 7)}[case]
+    plan = _plan(_nearest(K), [((64, 3), x_spec), ((rows_y, 3), P("d"))])
+    assert plan.inner == () and plan.local_n_inner == rows_y
+    assert plan.outer == (("d",) if case == "same_axis" else ())
+
+
+def test_plan_batch_dims_and_broadcast_operands():
+    """A batch dim split on one mesh axis and the reduced axis on another; an operand broadcast
+    along the batch (size 1) is never split along it."""
+    def call(x, y):
+        xi, yj = LazyTensor(x[:, :, None, :]), LazyTensor(y[:, None, :, :])
+        return ((xi - yj) ** 2).sum().logsumexp(axis=2)  # over j
+
+    plan = _plan(call, [((4, 64, 3), P("a")), ((1, 48, 3), P(None, "b"))], (4, 2), ("a", "b"))
+    assert plan.batch == (("a",),) and plan.local_batch_shape == (1,)
+    assert plan.inner == ("b",) and plan.local_n_inner == 24
