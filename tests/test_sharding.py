@@ -226,3 +226,21 @@ def test_plan_batch_dims_and_broadcast_operands():
     plan = _plan(call, [((4, 64, 3), P("a")), ((1, 48, 3), P(None, "b"))], (4, 2), ("a", "b"))
     assert plan.batch == (("a",),) and plan.local_batch_shape == (1,)
     assert plan.inner == ("b",) and plan.local_n_inner == 24
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(method="median", axis=1, axis_name="d"), "method='median'; expected one of"),
+    (dict(method="Kmin", axis=1, axis_name="d"), "method='Kmin' needs K, got K=None"),
+    (dict(method="sumsoftmaxweight", axis=1, axis_name="d"), "needs a weight, got None"),
+    (dict(method="min", axis=1, axis_name="d", weight=Vj(np.ones((5, 1)))), "weight is only"),
+    (dict(method="sum", axis=1, axis_name=()), "axis_name is empty"),
+    (dict(method="sum", axis=3, axis_name="d"), "axis=3"),
+])
+def test_sharded_reduce_errors(kwargs, message):
+    from jaxkeops import sharded_reduce
+
+    lazy = ((Vi(np.ones((4, 2))) - Vj(np.ones((5, 2)))) ** 2).sum()
+    with pytest.raises(ValueError, match=message):
+        sharded_reduce(lazy, **kwargs)
+    with pytest.raises(TypeError, match="lazy is a ndarray; expected a LazyTensor"):
+        sharded_reduce(np.ones(3), "sum", axis=1, axis_name="d")
