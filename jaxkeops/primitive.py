@@ -70,7 +70,7 @@ def _base_shape(cat: int, dim: int, ni: int, nj: int) -> tuple[int, ...]:
 
 
 def abstract_eval(*avals, formulas, var_cats, reduction, reduction_params, axis, ni, nj,
-                   batch_shape):
+                  batch_shape):
     if len(avals) != len(var_cats):
         raise TypeError(f"keops_reduce: {len(avals)} operands for {len(var_cats)} variables")
     dtype = avals[0].dtype if avals else np.dtype(np.float32)

@@ -38,10 +38,10 @@ def evaluate_formulas(formulas: tuple[Node, ...], leaves: dict[int, jax.Array], 
 def _replicated(x):
     """x with an explicit sharding (a mesh with AxisType.Explicit axes) gathered, so that rows
     picked by indices have an unambiguous sharding; other arrays unchanged."""
-    spec = getattr(getattr(jax.typeof(x), "sharding", None), "spec", ())
-    if any(entry is not None for entry in spec):
-        sharding = jax.typeof(x).sharding
-        return jax.sharding.reshard(x, jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec()))
+    sharding = getattr(jax.typeof(x), "sharding", None)
+    if any(entry is not None for entry in getattr(sharding, "spec", ())):
+        whole = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+        return jax.sharding.reshard(x, whole)
     return x
 
 
