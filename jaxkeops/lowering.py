@@ -5,6 +5,10 @@
 the formula in a family, the interpreter otherwise — as does "cpu" under the test-only
 `families.emulate_fused_on_cpu()`. Every other platform gets the pure-JAX chunked implementation
 (jaxkeops/reference.py). This is the only place that knows platforms.
+
+Under jit with operands sharded across devices, every platform's rule first hands the call to
+jaxkeops/partitioning.py, which splits it into per-device calls of `keops_local_reduce_p`; that
+primitive gets the same per-platform rules and is never split again.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from jax.interpreters import mlir
 
 from jaxkeops import _native
 from jaxkeops.families import emulating_fused_on_cpu, match_fused
+from jaxkeops.partitioning import keops_local_reduce_p, lower_partitioned, partitions
 from jaxkeops.primitive import keops_reduce_p
 from jaxkeops.program import compile_program
 from jaxkeops.reference import chunked_reduce
@@ -72,13 +77,30 @@ def _fallback(*operands, **params):
 
 
 _fallback_lowering = mlir.lower_fun(_fallback, multiple_results=True)
-mlir.register_lowering(keops_reduce_p, _fallback_lowering)
-mlir.register_lowering(keops_reduce_p, _fused_or_native_lowering("cpu"), platform="cpu")
-if _native.has_cuda():
-    mlir.register_lowering(keops_reduce_p, _fused_or_native_lowering("cuda"), platform="cuda")
-else:
-    def _cuda_fallback_lowering(ctx, *operands, **params):
-        _native.warn_no_cuda()  # say so, once: the fallback is much slower than the kernels
-        return _fallback_lowering(ctx, *operands, **params)
 
-    mlir.register_lowering(keops_reduce_p, _cuda_fallback_lowering, platform="cuda")
+
+def _cuda_fallback_lowering(ctx, *operands, **params):
+    _native.warn_no_cuda()  # say so, once: the fallback is much slower than the kernels
+    return _fallback_lowering(ctx, *operands, **params)
+
+
+def _partitioned_or(rule):
+    """`rule` on one device (and under shard_map or jax.export); a partitioned call across the
+    devices of a sharded jit."""
+
+    def lowering(ctx, *operands, **params):
+        if partitions(ctx):
+            return lower_partitioned(ctx, operands, params)
+        return rule(ctx, *operands, **params)
+
+    return lowering
+
+
+_RULES = {
+    None: _fallback_lowering,  # any other platform
+    "cpu": _fused_or_native_lowering("cpu"),
+    "cuda": _fused_or_native_lowering("cuda") if _native.has_cuda() else _cuda_fallback_lowering,
+}
+for _platform, _rule in _RULES.items():
+    mlir.register_lowering(keops_reduce_p, _partitioned_or(_rule), platform=_platform)
+    mlir.register_lowering(keops_local_reduce_p, _rule, platform=_platform)

@@ -24,7 +24,6 @@ from functools import partial
 import numpy as np
 from jax._src import core, dispatch  # apply_primitive; is_constant_dim for symbolic sizes
 from jax.extend.core import Primitive
-from jax.core import ShapedArray
 import jax
 from jax import lax
 from jax import numpy as jnp
@@ -34,6 +33,7 @@ from jaxkeops.autodiff import transpose_formula
 from jaxkeops.formula import CAT_I, CAT_J, CAT_NAMES, CAT_P, Var, substitute, walk
 from jaxkeops.reduction_derivatives import JVP_RULES
 from jaxkeops.reductions import REDUCTIONS, check_reduction
+from jaxkeops.vma import insert_pvary, output_vma, shaped_array
 
 keops_reduce_p = Primitive("keops_reduce")
 keops_reduce_p.multiple_results = True
@@ -49,9 +49,11 @@ def dim_size(d):
 def keops_reduce(
     operands, *, formulas, var_cats, reduction, reduction_params=(), axis, ni, nj, batch_shape=()
 ):
-    """Bind the primitive; returns a tuple of outputs (see the reduction table)."""
+    """Bind the primitive; returns a tuple of outputs (see the reduction table). Inside
+    shard_map, operands replicated over a manual axis others vary over are cast to vary first
+    (as JAX's own primitives do), so that cotangents get the right type."""
     return keops_reduce_p.bind(
-        *operands,
+        *insert_pvary(*operands),
         formulas=tuple(formulas),
         var_cats=tuple(int(c) for c in var_cats),
         reduction=reduction,
@@ -67,8 +69,8 @@ def _base_shape(cat: int, dim: int, ni: int, nj: int) -> tuple[int, ...]:
     return {CAT_I: (ni, dim), CAT_J: (nj, dim), CAT_P: (dim,)}[cat]
 
 
-def _abstract_eval(*avals, formulas, var_cats, reduction, reduction_params, axis, ni, nj,
-                   batch_shape):
+def abstract_eval(*avals, formulas, var_cats, reduction, reduction_params, axis, ni, nj,
+                  batch_shape):
     if len(avals) != len(var_cats):
         raise TypeError(f"keops_reduce: {len(avals)} operands for {len(var_cats)} variables")
     dtype = avals[0].dtype if avals else np.dtype(np.float32)
@@ -99,13 +101,14 @@ def _abstract_eval(*avals, formulas, var_cats, reduction, reduction_params, axis
     outputs = REDUCTIONS[reduction].outputs(
         tuple(f.dim for f in formulas), reduction_params, dtype
     )
+    vma = output_vma("keops_reduce", avals)  # inside shard_map: the axes the operands vary over
     return [
-        ShapedArray(tuple(batch_shape) + (n_outer,) + shape, out_dtype)
+        shaped_array(tuple(batch_shape) + (n_outer,) + shape, out_dtype, vma)
         for shape, out_dtype in outputs
     ]
 
 
-keops_reduce_p.def_abstract_eval(_abstract_eval)
+keops_reduce_p.def_abstract_eval(abstract_eval)
 
 
 # --- batching ----------------------------------------------------------------------------------
@@ -129,7 +132,7 @@ batching.primitive_batchers[keops_reduce_p] = _batch
 # --- differentiation ---------------------------------------------------------------------------
 
 
-def _compact(formulas, operands, var_cats):
+def compact_operands(formulas, operands, var_cats):
     """Drop the operands no formula uses and renumber the variables to match."""
     used = sorted({v.index for f in formulas for v in walk([f]) if isinstance(v, Var)})
     renumber = {old: new for new, old in enumerate(used)}
@@ -144,7 +147,7 @@ def _compact(formulas, operands, var_cats):
 
 def keops_reduce_compact(formulas, operands, var_cats, **params):
     """Bind the primitive on the operands the formulas use (the others are dropped)."""
-    formulas, operands, var_cats = _compact(formulas, operands, var_cats)
+    formulas, operands, var_cats = compact_operands(formulas, operands, var_cats)
     return keops_reduce(operands, formulas=formulas, var_cats=var_cats, **params)
 
 

@@ -35,6 +35,16 @@ def evaluate_formulas(formulas: tuple[Node, ...], leaves: dict[int, jax.Array], 
     return tuple(values[f] for f in formulas)
 
 
+def _replicated(x):
+    """x with an explicit sharding (a mesh with AxisType.Explicit axes) gathered, so that rows
+    picked by indices have an unambiguous sharding; other arrays unchanged."""
+    sharding = getattr(jax.typeof(x), "sharding", None)
+    if any(entry is not None for entry in getattr(sharding, "spec", ())):
+        whole = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+        return jax.sharding.reshard(x, whole)
+    return x
+
+
 def _grid_leaves(var_cats, operands, axis, inner_rows=None):
     """Variables shaped to broadcast over (outer, inner, dim): outer ones (n_outer, 1, dim),
     inner ones (1, n_inner, dim) — or, given `inner_rows` (n_outer, P), the rows they pick
@@ -45,7 +55,7 @@ def _grid_leaves(var_cats, operands, axis, inner_rows=None):
         if role == ROLE_OUTER:
             leaves[index] = x[:, None, :]
         elif role == ROLE_INNER:
-            leaves[index] = x[None, :, :] if inner_rows is None else x[inner_rows]
+            leaves[index] = x[None, :, :] if inner_rows is None else _replicated(x)[inner_rows]
         else:
             leaves[index] = x[None, None, :]
     return leaves
