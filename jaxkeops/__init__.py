@@ -13,9 +13,10 @@ from jaxkeops.solve import SolveInfo
 from jaxkeops.export import export_disabled_checks
 from jaxkeops.cpu_threads import cpu_threads, set_cpu_threads
 from jaxkeops.sharded_reduce import sharded_reduce
+from jaxkeops._native import has_cuda
 
 __version__ = "0.1.0"
 
 __all__ = ["LazyTensor", "Vi", "Vj", "Pm", "keops_reduce", "keops_reduce_p", "SolveInfo",
            "lineax_operator", "export_disabled_checks", "explain", "cpu_threads",
-           "set_cpu_threads", "sharded_reduce"]
+           "set_cpu_threads", "sharded_reduce", "has_cuda"]

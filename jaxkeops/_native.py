@@ -33,7 +33,8 @@ def _check_api(module, running: tuple[int, int]) -> None:
             f"jaxkeops' extension {module.__name__} was built against XLA FFI API "
             f"{built[0]}.{built[1]} (jaxlib {module.jaxlib_build_version}), but the running "
             f"jaxlib {jaxlib.__version__} provides FFI API {running[0]}.{running[1]}. "
-            "Reinstall jaxkeops against this jaxlib (pip install --force-reinstall jaxkeops)."
+            "Rebuild jaxkeops against this jaxlib (pip install --force-reinstall --no-deps . "
+            "in its source checkout)."
         )
 
 
@@ -78,8 +79,8 @@ if cuda is not None:
 
 
 def has_cuda() -> bool:
-    """Whether the CUDA kernels were built (the machine may still have no GPU); CUDA_STATUS
-    says why not."""
+    """Whether jaxkeops' CUDA module was built and loaded (the machine may still have no GPU);
+    `jaxkeops._native.CUDA_STATUS` says why not, `python -m jaxkeops.selftest` what runs where."""
     return cuda is not None
 
 
@@ -91,5 +92,7 @@ def warn_no_cuda() -> None:
     global _warned_no_cuda
     if not _warned_no_cuda:
         _warned_no_cuda = True
-        warnings.warn(f"jaxkeops: lowering for a CUDA GPU, but the CUDA executor is {CUDA_STATUS}",
-                      RuntimeWarning, stacklevel=2)
+        warnings.warn(f"jaxkeops: lowering for a CUDA GPU, but the CUDA executor is {CUDA_STATUS}. "
+                      "`python -m jaxkeops.selftest` shows what runs on each device; the README's "
+                      "Installation section says how to build the CUDA module (nvcc at install "
+                      "time).", RuntimeWarning, stacklevel=2)

@@ -1,4 +1,4 @@
-"""Use a LazyTensor as a lineax linear operator (optional extra: `pip install jaxkeops[lineax]`).
+"""Use a LazyTensor as a lineax linear operator (optional: `pip install lineax`).
 
 lineax is the JAX ecosystem's library of linear solvers (CG, GMRES, BiCGStab, ...). Its solvers
 only need the matrix-vector product, which for a symbolic matrix is one Sum reduction, so the
@@ -21,7 +21,7 @@ def _import_lineax():
         import lineax
     except ImportError as error:  # pragma: no cover - depends on the environment
         raise ImportError(
-            "jaxkeops.lineax_operator needs lineax: pip install 'jaxkeops[lineax]'"
+            "jaxkeops.lineax_operator needs lineax: pip install lineax"
         ) from error
     return lineax
 

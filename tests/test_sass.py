@@ -223,4 +223,4 @@ def test_gpu_static_says_how_to_install_missing_tools(monkeypatch):
     monkeypatch.setattr(cuda_tools, "find_tool",
                         lambda name: None if name == "nvdisasm" else "/bin/true")
     message = gpu_static.report()
-    assert "needs nvdisasm" in message and "pip install 'jaxkeops[gpu-static]'" in message
+    assert "needs nvdisasm" in message and "pip install nvidia-cuda-nvdisasm" in message

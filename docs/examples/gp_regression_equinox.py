@@ -21,7 +21,7 @@ Fresh probes are drawn at every step.
 To show that the loss decreases, the exact NLL is evaluated densely (Cholesky) before and after
 training: that check materialises A and is only for this small demonstration.
 
-Run: `python docs/examples/gp_regression_equinox.py` (needs `pip install jaxkeops[examples]`).
+Run: `python docs/examples/gp_regression_equinox.py` (needs `pip install ".[examples]"`).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ The layer can also run its core with `jax.nn.dot_product_attention` (`dense=True
 checks that both give the same outputs and the same gradients, then trains the jaxkeops layer
 for a few Adam steps to imitate a fixed random "teacher" layer.
 
-Run: `python docs/examples/kernel_attention_flax.py` (needs `pip install jaxkeops[examples]`).
+Run: `python docs/examples/kernel_attention_flax.py` (needs `pip install ".[examples]"`).
 """
 
 from __future__ import annotations

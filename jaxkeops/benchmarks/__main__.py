@@ -43,7 +43,7 @@ def _plot(name, sizes, repeats, budget, path) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise SystemExit("--plot needs matplotlib: pip install 'jaxkeops[bench]'") from None
+        raise SystemExit("--plot needs matplotlib: pip install matplotlib") from None
     series: dict[str, list[tuple[int, float]]] = {}
     title = name
     for n in sizes:

@@ -1,6 +1,6 @@
 """The CUDA command-line tools the static GPU benchmark needs, found without a GPU.
 
-nvdisasm and cuobjdump come from PyPI (`pip install 'jaxkeops[gpu-static]'`: wheels
+nvdisasm and cuobjdump come from PyPI (the gpu-static extra: wheels
 nvidia-cuda-nvdisasm and nvidia-cuda-cuobjdump, which put them under site-packages/nvidia/*/bin)
 or from a CUDA toolkit on the PATH; nvcc from the toolkit.
 """
@@ -18,8 +18,8 @@ import subprocess
 import sys
 import tempfile
 
-INSTALL_HINT = ("pip install 'jaxkeops[gpu-static]' (or: pip install nvidia-cuda-nvdisasm "
-                "nvidia-cuda-cuobjdump keopscore==2.3)")
+INSTALL_HINT = ("pip install nvidia-cuda-nvdisasm nvidia-cuda-cuobjdump keopscore==2.3 (or, in a "
+                "jaxkeops checkout, pip install '.[gpu-static]')")
 
 
 def find_tool(name: str) -> str | None:
