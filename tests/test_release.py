@@ -64,14 +64,16 @@ def test_missing_cuda_warning_points_to_the_selftest_and_install_guide(monkeypat
 
 
 def test_selftest_passes_on_cpu(tmp_path):
-    """In a fresh process started outside the repository's root, as a user would run it."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    """In a fresh process started outside the repository's root, as a user would run it, with
+    two CPU devices: every check runs on each."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     out = subprocess.run([sys.executable, "-m", "jaxkeops.selftest"], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=300)
     report = out.stdout + out.stderr
     assert out.returncode == 0, report
-    assert "CPU module: loaded" in report and "[cpu]" in report, report
-    assert report.count("[PASS]") == len(selftest.CHECKS) and "[FAIL]" not in report, report
+    assert "CPU module: loaded" in report and "cpu:1 [cpu]" in report, report
+    assert report.count("[PASS]") == 2 * len(selftest.CHECKS) and "[FAIL]" not in report, report
     assert "kernel: interpreter" in report, report  # the generic path is exercised, not only families
     if not jaxkeops.has_cuda():
         assert "CUDA module: not built" in report and "nvcc" in report, report
