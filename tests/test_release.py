@@ -121,3 +121,24 @@ def test_wheel_excludes_the_benchmark_sources_that_need_src():
         listed = f'"jaxkeops/benchmarks/{source.name}"' in excluded
         assert listed == bool(local_includes), source.name
     assert cases._run_native("no_such_program.cc", [], []) is None
+
+
+class _FakeDevice:
+    def __init__(self, platform: str, platform_version: str):
+        self.platform = platform
+        self.client = type("Client", (), {"platform_version": platform_version})()
+
+
+def test_selftest_names_what_runs_on_a_gpu():
+    """Without a GPU: what the selftest would say for a CUDA and a ROCm device."""
+    cuda, rocm = _FakeDevice("gpu", "cuda 13000"), _FakeDevice("gpu", "rocm 7.0")
+    assert selftest._kernel_platform(cuda) == "cuda"
+    assert selftest._kernel_platform(rocm) is None
+    data = tuple(np.ones(shape, np.float32) for shape in ((4, 3), (5, 3), (5, 2)))
+    gaussian = selftest.CHECKS[0]
+    assert selftest._runs_on(gaussian, data, rocm).startswith("pure-JAX fallback")
+    on_cuda = selftest._runs_on(gaussian, data, cuda)
+    if jaxkeops.has_cuda():  # the Gaussian sum is a fused family on the GPU, not the interpreter
+        assert on_cuda and "fallback" not in on_cuda and on_cuda != "interpreter", on_cuda
+    else:
+        assert on_cuda.startswith("pure-JAX fallback"), on_cuda
