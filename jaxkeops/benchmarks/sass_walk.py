@@ -1,0 +1,900 @@
+"""Counting an interpreter's SASS instructions per pair by walking its code with known data.
+
+The tile interpreter (src/cuda/tile_interpreter.h) has no straight-line inner loop: which code
+runs per sub-tile depends on the program (a switch over each pair instruction's opcode, loops
+over its dims, branches on which operands vary). sass.py's cheapest-path count does not apply;
+this module follows the one path the kernel takes for a given program, as a hand walk would:
+
+1. the SASS comes with line info (`nvdisasm -gi` of a module built with -lineinfo), so that
+   each instruction knows its source line and the chain of inlined calls around it;
+2. a small evaluator runs the integer part of the SASS along that path. Values are known
+   integers, symbolic pointers (a register's value at the walk's start plus a known offset) or
+   unknown (float data, addresses nobody needs). What it knows: the kernel parameters
+   (DevProgram, DevReduction, DevCall, DevGrid in constant bank 0, filled from the program as
+   host_program.h fills them), the pre-decoded pair instructions (`PairInstr` records, read
+   through the pointer the dispatch loads them from), the jump tables of `BRX` (constant bank
+   2) and the thread's local memory (its stores are remembered);
+3. every conditional branch is decided from those values (the opcode compare tree, the jump
+   table, the vary tests, the dim loops and their unrolled remainders); a branch on data (a new
+   running maximum, a K-list insertion) is decided by a `Rule` naming its source line and the
+   steady-state answer. A branch that neither decides raises `WalkError`: no made-up number;
+4. the walk starts at the sub-tile loop's head (`pair_tile`, with l0 = 0 and a full j tile)
+   and stops when it comes back: one sub-tile, every instruction issued on the way counted
+   (predicated-off ones, BSSY/BSYNC and uniform ones included), divided by its kSubTile pairs.
+
+Restricted to what the reference programs need (ops of the Gaussian sum, logsumexp, argKmin):
+an instruction the evaluator does not know only makes its results unknown, which is harmless
+unless a branch needs them, and then the walk fails loudly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import struct
+
+from jaxkeops.benchmarks import sass
+
+MASK = 0xFFFFFFFF
+SUB_TILE = 16  # kSubTile (src/cuda/device_program.h): pairs per walked iteration
+PARAM_BASE = 0x210  # sm_90: kernel parameters start at c[0x0][0x210]
+
+
+class WalkError(RuntimeError):
+    """The walk cannot decide a branch (or meets code it does not model)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Sym:
+    """A pointer-like value: what register `base` held when the walk started, plus `off`."""
+    base: str
+    off: int = 0
+
+
+# ---------------------------------------------------------------- SASS with line info
+
+_CONTEXT = re.compile(r'File "([^"]+)", line (\d+)')
+_CONST_SECTION = re.compile(r"^\s*\.nv\.constant2\.(\S+):")
+_BYTES = re.compile(r"^\s*/\*[0-9a-fA-F]+\*/\s+\.byte\s+(.*)$")
+
+
+@dataclasses.dataclass
+class Kernel:
+    code: list[sass.Instruction]
+    context: list[tuple[tuple[str, int], ...]]  # per instruction: (file name, line), innermost first
+    const2: bytes = b""
+
+    def index_of_label(self) -> dict[str, int]:
+        return {ins.label: k for k, ins in enumerate(self.code) if ins.label}
+
+
+def parse_with_lines(text: str) -> dict[str, Kernel]:
+    """Kernel (mangled name) -> code, source contexts and jump tables, from `nvdisasm -gi`
+    output (without -c, so that the constant bank 2 sections are there)."""
+    kernels: dict[str, Kernel] = {}
+    current: Kernel | None = None
+    pending: str | None = None
+    context: tuple = ()
+    building: list = []
+    in_comment = False
+    const_target: Kernel | None = None
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("//##"):
+            if not in_comment:
+                building = []
+            m = _CONTEXT.search(stripped)
+            if m:
+                building.append((m.group(1).rsplit("/", 1)[-1], int(m.group(2))))
+            context = tuple(building)
+            in_comment = True
+            continue
+        in_comment = False
+        m = sass._SECTION.match(line)
+        if m:
+            current = kernels.setdefault(m.group(1), Kernel([], []))
+            const_target, pending, context = None, None, ()
+            continue
+        m = _CONST_SECTION.match(line)
+        if m:
+            current = None
+            const_target = kernels.setdefault(m.group(1), Kernel([], []))
+            continue
+        if const_target is not None:
+            m = _BYTES.match(line)
+            if m:
+                const_target.const2 += bytes(int(b, 16) for b in m.group(1).split(","))
+                continue
+        m = sass._LABEL.match(line)
+        if m:
+            pending = m.group(1)
+            continue
+        m = sass._INSTRUCTION.match(line)
+        if m and current is not None:
+            offset, predicate, opcode, operands = m.groups()
+            current.code.append(sass.Instruction(int(offset, 16), predicate or "", opcode,
+                                                 operands.strip(), pending))
+            current.context.append(context)
+            pending = None
+    return {name: k for name, k in kernels.items() if k.code}
+
+
+# ---------------------------------------------------------------- what the walk knows
+
+@dataclasses.dataclass
+class PairRecord:
+    """One pre-decoded pair instruction (PairInstr of src/cuda/device_program.h)."""
+    opcode: int
+    out: int
+    out_dim: int
+    args: list[tuple[int, int, int]]  # (role, offset, dim), at most 3
+    ip0: int = 0
+    ip1: int = 0
+    aux: int = 0
+    n_aux: int = 0
+    name: str = ""
+
+    def words(self) -> list[int]:
+        args = (self.args + [(0, 0, 0)] * 3)[:3]
+        return [self.opcode, self.out, self.out_dim, len(self.args),
+                *[v for a in args for v in a], self.ip0, self.ip1, self.aux, self.n_aux]
+
+
+RECORD_BYTES = 17 * 4  # sizeof(PairInstr)
+
+
+@dataclasses.dataclass
+class Setup:
+    """The data of one walked call: the pair program and the kernel parameters."""
+    records: list[PairRecord]
+    params: dict[int, int]  # byte offset in constant bank 0 -> known 32-bit word
+    tile: int  # j per tile (the walk assumes a full one)
+    pointers: dict[int, str] = dataclasses.field(default_factory=dict)  # offset -> name
+
+
+class _Layout:
+    """Byte offsets of the kernel parameters (C++ struct layout: natural alignment)."""
+
+    def __init__(self, start: int):
+        self.at = start
+        self.words: dict[int, int] = {}
+        self.pointers: dict[int, str] = {}
+
+    def _align(self, n: int):
+        self.at = (self.at + n - 1) // n * n
+
+    def i32(self, *values: int):
+        self._align(4)
+        for v in values:
+            self.words[self.at] = v & MASK
+            self.at += 4
+
+    def i64(self, *values: int):
+        self._align(8)
+        for v in values:
+            self.words[self.at] = v & MASK
+            self.words[self.at + 4] = (v >> 32) & MASK
+            self.at += 8
+
+    def ptr(self, name: str, count: int = 1, null: bool = False):
+        self._align(8)
+        for k in range(count):
+            if null:
+                self.words[self.at] = self.words[self.at + 4] = 0
+            else:
+                self.pointers[self.at] = f"{name}[{k}]" if count > 1 else name
+            self.at += 8
+
+    def end_struct(self):
+        self._align(8)
+
+
+def kernel_setup(program, reduction_family: int, state_size: int, dim: int, k: int = 1,
+                 kind: int = 0, pick: int = 0, n: int = 1_000_000, tile: int = 128
+                 ) -> Setup:
+    """The pair records and kernel parameters of `program` (a jaxkeops.program.Program), as
+    src/cuda/host_program.h and launch_plan.cc build them for an M = N = n call (one batch
+    problem, no split, the pair program in shared memory)."""
+    from jaxkeops.ops import OPS  # noqa: PLC0415  (only the names, for the breakdown)
+    names = {spec.opcode: name for name, spec in OPS.items()}
+    size = [0, 0, 0, 0]
+    where = []
+    for role, rdim in program.registers:
+        where.append((role, size[role], rdim))
+        size[role] += rdim
+    roles = [[], [], [], []]
+    for ins in program.instructions:
+        roles[program.registers[ins.out][0]].append(ins)
+    records = []
+    for ins in roles[3]:
+        role, off, odim = where[ins.out]
+        records.append(PairRecord(ins.opcode, off, odim, [where[a] for a in ins.args],
+                                  *(list(ins.int_params) + [0, 0])[:2],
+                                  name=names.get(ins.opcode, str(ins.opcode))))
+    phase, at = [], 0
+    for r in range(4):
+        phase.append(at)
+        at += len(roles[r]) if r < 3 else 0
+    phase.append(at)
+    results = list(program.results)[:2]
+    result_args = [where[r] for r in results] + [where[results[0]]] * (2 - len(results))
+    lay = _Layout(PARAM_BASE)
+    # DevProgram
+    lay.ptr("p.regs"), lay.ptr("p.instrs"), lay.ptr("p.pair"), lay.ptr("p.terms")
+    lay.ptr("p.consts")
+    lay.i32(*phase, len(records), len(results), *(results + [0] * (2 - len(results))))
+    for role, off, rdim in result_args:
+        lay.i32(role, off, rdim)
+    lay.i32(*size)
+    lay.end_struct()
+    # DevReduction
+    lay.i32(reduction_family, kind, pick, 0, dim, 1, k, state_size)
+    lay.end_struct()
+    # DevCall
+    lay.ptr("c.inputs", 64)
+    lay.i64(*([0] * 64 * 4), *([1] + [0] * 3))  # in_stride, batch_dims
+    lay.i32(0, 2 if pick == 2 else 1)  # batch_rank, n_outputs
+    lay.i64(1, n, n)  # batch_count, n_outer, n_inner
+    for _ in range(2):
+        lay.ptr("c.outs.data")
+        lay.i64(1)
+        lay.i32(0)
+        lay.end_struct()
+    lay.end_struct()
+    # DevGrid
+    lay.ptr("g.params"), lay.ptr("g.file"), lay.ptr("g.inner", null=True)
+    lay.ptr("g.pair", null=True), lay.ptr("g.state"), lay.ptr("g.partial")
+    row_blocks = (n + 127) // 128
+    lay.i64(row_blocks, 1, n, row_blocks)  # row_blocks, n_splits, range, n_items
+    lay.i32(tile, (len(records) * RECORD_BYTES + 15) // 16 * 16)  # tile, prog_smem
+    # Driver constants: blockDim (128, 1, 1) and gridDim, as c[0x0][0x0..0x14].
+    driver = {0x0: 128, 0x4: 1, 0x8: 1, 0xC: 132 * 16, 0x10: 1, 0x14: 1}
+    return Setup(records, {**driver, **lay.words}, tile, dict(lay.pointers))
+
+
+# ---------------------------------------------------------------- the evaluator
+
+def _split_operands(text: str) -> list[str]:
+    text = text.split("(*", 1)[0]  # nvdisasm's annotations, e.g. BRANCH_TARGETS
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        if ch in "[(":
+            depth += 1
+        elif ch in "])":
+            depth -= 1
+        if ch == "," and depth == 0:
+            parts.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    if cur.strip():
+        parts.append(cur.strip())
+    return parts
+
+
+_REG = re.compile(r"^(-|~|!)?\|?(U?R(?:Z|\d+)|U?P(?:T|\d))(?:\.reuse|\.64|\.128|\.H0|\.H1|\.F32)*\|?$")
+_IMM = re.compile(r"^-?0x[0-9a-fA-F]+$|^-?\d+$")
+_CONST = re.compile(r"^c\[(0x[0-9a-fA-F]+)\]\[(?:(U?R\d+)\s*\+?\s*)?(-?0x[0-9a-fA-F]+)?\]$")
+_ADDRESS = re.compile(r"\[\s*(U?R(?:Z|\d+))?(?:\.64|\.U32)?\s*(?:\+\s*)?(U?R\d+)?\s*(?:\+\s*)?(-?0x[0-9a-fA-F]+)?\s*\]$")
+
+
+def _is_pred(op: str) -> bool:
+    return bool(re.match(r"^!?U?P(T|\d)$", op))
+
+
+def _next_reg(name: str, k: int) -> str:
+    m = re.match(r"(U?R)(\d+)$", name)
+    return f"{m.group(1)}{int(m.group(2)) + k}" if m else name
+
+
+def _add(a, b):
+    if isinstance(a, int) and isinstance(b, int):
+        return (a + b) & MASK
+    if isinstance(a, Sym) and isinstance(b, int):
+        return Sym(a.base, a.off + _signed(b))
+    if isinstance(b, Sym) and isinstance(a, int):
+        return Sym(b.base, b.off + _signed(a))
+    return None
+
+
+def _mul(a, b):
+    if isinstance(a, int) and isinstance(b, int):
+        return (a * b) & MASK
+    if isinstance(a, Sym) and b == 1:
+        return a
+    if isinstance(b, Sym) and a == 1:
+        return b
+    if a == 0 or b == 0:
+        return 0
+    return None
+
+
+def _signed(v: int) -> int:
+    return v - (1 << 32) if v & 0x80000000 else v
+
+
+@dataclasses.dataclass
+class Rule:
+    """How to decide a branch whose predicate depends on data the walk does not know: the
+    branch's innermost source line (file name, text found on that line) and the steady-state
+    answer, as the name of a source line the chosen successor reaches first ('taken' or
+    'fallthrough' when that is simpler to say)."""
+    file: str
+    line_text: str
+    choose: str  # "taken" or "fallthrough"
+    why: str
+
+
+class Walker:
+    """Runs one kernel's SASS from a label with known data (see the module docstring)."""
+
+    def __init__(self, kernel: Kernel, setup: Setup, sources: dict[str, list[str]],
+                 rules: list[Rule] = ()):
+        self.k = kernel
+        self.setup = setup
+        self.sources = sources  # file name -> its lines (for rules and function ranges)
+        self.rules = list(rules)
+        self.labels = kernel.index_of_label()
+        self.by_offset = {ins.offset: k for k, ins in enumerate(kernel.code)}
+        self.regs: dict[str, object] = {}
+        self.local: dict[object, object] = {}
+        self.records_base: str | None = None
+        self.record_index: int | None = None  # the pair instruction being dispatched
+        self.decisions: list[str] = []
+        self._pointer_offsets = setup.pointers
+        self._dispatch_lines = self._function_lines("tile_interpreter.h",
+                                                    ("run_pair_subtile", "view_of"))
+
+    # -- source helpers
+    def _function_lines(self, file: str, names: tuple[str, ...]) -> set[int]:
+        """Lines of the named functions' bodies (from their signature to the closing brace)."""
+        lines = self.sources.get(file, [])
+        found: set[int] = set()
+        k = 0
+        while k < len(lines):
+            if any(re.search(rf"\b{n}\s*\(", lines[k]) for n in names) and \
+                    not lines[k].lstrip().startswith("//") and "inline" in lines[k]:
+                depth, started, j = 0, False, k
+                while j < len(lines):
+                    depth += lines[j].count("{") - lines[j].count("}")
+                    started = started or "{" in lines[j]
+                    found.add(j + 1)
+                    if started and depth <= 0:
+                        break
+                    j += 1
+                k = j
+            k += 1
+        return found
+
+    def _line_text(self, file: str, line: int) -> str:
+        lines = self.sources.get(file, [])
+        return lines[line - 1] if 0 < line <= len(lines) else ""
+
+    # -- values
+    def get(self, op: str):
+        op = op.strip()
+        m = _REG.match(op)
+        if m:
+            sign, name = m.group(1), m.group(2)
+            if name in ("RZ", "URZ"):
+                value = 0
+            elif name in ("PT", "UPT"):
+                value = True
+            else:
+                value = self.regs.get(name, Sym(name) if name[-1].isdigit() and "P" not in name
+                                      else None)
+            if sign == "!" and isinstance(value, bool):
+                return not value
+            if sign == "-" and isinstance(value, int) and not isinstance(value, bool):
+                return (-value) & MASK
+            if sign == "~" and isinstance(value, int) and not isinstance(value, bool):
+                return (~value) & MASK
+            return value if not sign else None
+        if _IMM.match(op):
+            return int(op, 16 if "x" in op else 10) & MASK
+        m = _CONST.match(op)
+        if m:
+            return self._const(int(m.group(1), 16), m.group(2), int(m.group(3) or "0", 16)
+                               if m.group(3) and not m.group(3).startswith("-") else
+                               -int(m.group(3)[1:], 16) if m.group(3) else 0)
+        return None
+
+    def _const(self, bank: int, reg: str | None, off: int, k: int = 0):
+        if reg is not None:
+            index = self.regs.get(reg)
+            if not isinstance(index, int) or isinstance(index, bool):
+                return None
+            off += _signed(index)
+        off += 4 * k
+        if bank == 0:
+            return self.setup.params.get(off, None) if off not in self._pointer_offsets else \
+                Sym(self._pointer_offsets[off])
+        if bank == 2 and 0 <= off <= len(self.k.const2) - 4:
+            return struct.unpack_from("<I", self.k.const2, off)[0]
+        return None
+
+    def set(self, name: str, value):
+        if name in ("RZ", "URZ", "PT", "UPT"):
+            return
+        self.regs[name] = value
+
+    def address(self, op: str):
+        """The address of a memory operand `[R4.64+0x10]` / `desc[UR8][R4.64]`."""
+        m = _ADDRESS.search(op)
+        if not m:
+            return None
+        base = self.get(m.group(1)) if m.group(1) else 0
+        if m.group(2):
+            base = _add(base, self.get(m.group(2)))
+        off = m.group(3)
+        return _add(base, int(off, 16) & MASK if not off.startswith("-") else
+                    (-int(off[1:], 16)) & MASK) if off else base
+
+    # -- one instruction
+    def step(self, ins: sass.Instruction, context) -> None:
+        guard = True
+        if ins.predicate:
+            guard = self.get(ins.predicate.lstrip("@"))
+        if guard is False:
+            return
+        ops = _split_operands(ins.operands)
+        dests = self._execute(ins, ops, context)
+        if guard is None:  # may or may not have run: whatever it wrote is unknown
+            for d in dests:
+                self.set(d, None)
+
+    def _execute(self, ins, ops, context) -> list[str]:
+        """Applies the instruction; returns the registers/predicates it may have written."""
+        full = ins.opcode
+        base = ins.base.lstrip("U") if ins.base not in ("UMOV",) else "MOV"
+        if ins.base.startswith("U") and ins.base not in ("UMOV",):
+            base = ins.base[1:]
+        mods = full.split(".")[1:]
+        g = self.get
+        if base in ("BSSY", "BSYNC", "WARPSYNC", "NOP", "BAR", "BREAK", "YIELD", "DEPBAR",
+                    "BMOV", "BRA", "BRX", "EXIT") or not ops:
+            return []
+        d = ops[0]
+        if base in ("ST", "STG", "STS", "STL", "RED", "ATOM"):
+            if base == "STL":
+                addr = self.address(ops[0])
+                width = _width(mods)
+                for k in range(width):
+                    self.local[_add(addr, 4 * k) if addr is not None else None] = \
+                        g(_next_reg(ops[1].split(".")[0], k)) if addr is not None else None
+                if addr is None:  # a store we cannot place: forget everything
+                    self.local.clear()
+            return []
+        if base in ("LD", "LDG", "LDS", "LDL", "LDC"):
+            width = _width(mods)
+            values = self._load(base, ops, width, context)
+            names = [_next_reg(d.split(".")[0], k) for k in range(width)]
+            for n, v in zip(names, values):
+                self.set(n, v)
+            return names
+        if base == "ISETP" or base == "PLOP3":
+            p, q = ops[0], ops[1]
+            if base == "ISETP":
+                r, nr = self._isetp(mods, ops)
+            else:
+                a, b, c = (g(o) for o in ops[2:5])
+                lut = int(ops[5], 16)
+                r = _lut_bool(lut, a, b, c)
+                nr = _lut_bool(int(ops[6], 16), a, b, c) if len(ops) > 6 else None
+            self.set(p, r)
+            self.set(q, nr)
+            return [p, q]
+        if _is_pred(d):  # FSETP, DSETP, R2P...: predicates we do not model
+            outs = [o for o in ops[:2] if _is_pred(o)]
+            for o in outs:
+                self.set(o, None)
+            return outs
+        dname = d.split(".")[0]
+        width = 2 if base.startswith("D") or "F64" in mods[:1] or base == "CS2R" else 1
+        value = self._arith(base, mods, ops, g)
+        if isinstance(value, tuple):  # (lo, hi) of a wide result
+            self.set(dname, value[0])
+            self.set(_next_reg(dname, 1), value[1])
+            written = [dname, _next_reg(dname, 1)]
+        else:
+            self.set(dname, value)
+            written = [dname]
+            if width == 2:
+                self.set(_next_reg(dname, 1), None)
+                written.append(_next_reg(dname, 1))
+        for extra in self._carry_outs(base, ops):
+            written.append(extra)
+        return written
+
+    def _carry_outs(self, base, ops) -> list[str]:
+        if base not in ("IADD3", "LEA", "IMAD"):
+            return []
+        return [o for o in ops[1:3] if _is_pred(o) and o not in ("PT",)]
+
+    def _load(self, base, ops, width, context) -> list:
+        if base == "LDC":
+            m = _CONST.match(ops[1].strip())
+            if not m:
+                return [None] * width
+            off = m.group(3)
+            off = (int(off, 16) if not off.startswith("-") else -int(off[1:], 16)) if off else 0
+            return [self._const(int(m.group(1), 16), m.group(2), off, k) for k in range(width)]
+        addr = self.address(ops[1])
+        if base == "LDL":
+            return [self.local.get(_add(addr, 4 * k)) if addr is not None else None
+                    for k in range(width)]
+        if isinstance(addr, Sym):
+            if self.records_base is None and base in ("LD", "LDS") and context and \
+                    context[0][0] == "tile_interpreter.h" and context[0][1] in self._dispatch_lines:
+                self.records_base = addr.base
+            if addr.base == self.records_base:
+                return [self._record_word(addr.off + 4 * k) for k in range(width)]
+        return [None] * width
+
+    def _record_word(self, off: int):
+        index, word = divmod(off, RECORD_BYTES)
+        if not 0 <= index < len(self.setup.records) or word % 4:
+            raise WalkError(f"a load from the pair program at byte {off} is outside its "
+                            f"{len(self.setup.records)} records")
+        self.record_index = index
+        return self.setup.records[index].words()[word // 4] & MASK
+
+    def _isetp(self, mods, ops):
+        g = self.get
+        cmp = mods[0]
+        unsigned = "U32" in mods
+        ex = "EX" in mods
+        bop = next((m for m in mods if m in ("AND", "OR", "XOR")), "AND")
+        a, b, c = g(ops[2]), g(ops[3]), g(ops[4])
+        lo = g(ops[5]) if ex and len(ops) > 5 else None
+        if isinstance(a, Sym) and isinstance(b, Sym) and a.base == b.base:
+            a, b = a.off & MASK, b.off & MASK
+        if not (isinstance(a, int) and isinstance(b, int)) or isinstance(a, bool):
+            r = None
+        else:
+            x, y = (a, b) if unsigned else (_signed(a), _signed(b))
+            strict = {"LT": x < y, "LE": x < y, "GT": x > y, "GE": x > y, "EQ": False,
+                      "NE": x != y}[cmp]
+            plain = {"LT": x < y, "LE": x <= y, "GT": x > y, "GE": x >= y, "EQ": x == y,
+                     "NE": x != y}[cmp]
+            if ex:  # the high words of a 64-bit compare; `lo` is the low words' result
+                if lo is None:
+                    r = None
+                elif cmp == "EQ":
+                    r = x == y and lo
+                elif cmp == "NE":
+                    r = x != y or lo
+                else:
+                    r = strict or (x == y and lo)
+            else:
+                r = plain
+        return _combine(bop, r, c), _combine(bop, None if r is None else not r, c)
+
+    def _arith(self, base, mods, ops, g):
+        src = [g(o) for o in ops[1:]]
+        srcs_no_pred = [s for o, s in zip(ops[1:], src) if not _is_pred(o)]
+        if base == "MOV" or base == "R2UR" or base == "S2UR" and False:
+            return src[0]
+        if base == "S2R" or base == "S2UR":
+            return 0 if ops[1] in ("SR_TID.X", "SR_CTAID.X", "SR_CgaCtaId") else None
+        if base == "HFMA2" and "MMA" in mods and ops[1] == "-RZ" and ops[2] == "RZ":
+            return (_half_bits(ops[3]) << 16) | _half_bits(ops[4]) \
+                if None not in (_half_bits(ops[3]), _half_bits(ops[4])) else None
+        if base == "IMAD" or base == "IMAD.MOV":
+            if "WIDE" in mods:
+                return self._imad_wide(mods, ops)
+            if "X" in mods:  # with carry-in: only known values
+                vals = srcs_no_pred[:3]
+                carry = g(ops[4]) if len(ops) > 4 else False
+                if all(isinstance(v, int) for v in vals) and isinstance(carry, bool):
+                    return (vals[0] * vals[1] + vals[2] + int(carry)) & MASK
+                return None
+            if "HI" in mods:
+                a, b, c = srcs_no_pred[:3]
+                if all(isinstance(v, int) for v in (a, b, c)):
+                    x, y = (a, b) if "U32" in mods else (_signed(a), _signed(b))
+                    return (((x * y) >> 32) + c) & MASK
+                return None
+            a, b, c = srcs_no_pred[:3]
+            if "SHL" in mods:
+                return _mul(a, (1 << b) & MASK if isinstance(b, int) else None) \
+                    if isinstance(b, int) and b < 32 else _mul(a, b)
+            return _add(_mul(a, b), c)
+        if base == "IADD3":
+            vals = [s for o, s in zip(ops[1:], src) if not _is_pred(o)][:3]
+            carries = [s for o, s in zip(ops[1:], src) if _is_pred(o)] if "X" in mods else []
+            total = 0
+            for v in vals:
+                total = _add(total, v)
+            for c in carries[-2:]:
+                total = _add(total, int(c)) if isinstance(c, bool) else None
+            self._set_carry(ops, vals, total)
+            return total
+        if base == "VIADD":
+            return _add(src[0], src[1])
+        if base in ("VIADDMNMX", "IMNMX", "VIMNMX"):
+            if base == "VIADDMNMX":
+                a, b, pick = _add(src[0], src[1]), src[2], src[3]
+            else:
+                a, b, pick = src[0], src[1], src[2]
+            if not (isinstance(a, int) and isinstance(b, int) and isinstance(pick, bool)):
+                return None
+            x, y = (a, b) if "U32" in mods else (_signed(a), _signed(b))
+            return (min(x, y) if pick else max(x, y)) & MASK
+        if base == "SEL":
+            p = src[2]
+            return None if p is None else src[0] if p else src[1]
+        if base == "LEA":
+            return self._lea(mods, ops, src)
+        if base == "SHF":
+            return _shf(mods, src)
+        if base == "LOP3":
+            vals = srcs_no_pred[:4]
+            if all(isinstance(v, int) for v in vals):
+                return _lut_int(vals[3], vals[0], vals[1], vals[2])
+            return None
+        if base == "SHL" and len(src) >= 2 and all(isinstance(v, int) for v in src[:2]):
+            return (src[0] << src[1]) & MASK
+        return None
+
+    def _set_carry(self, ops, vals, total):
+        outs = [o for o in ops[1:3] if _is_pred(o) and o != "PT"]
+        if not outs:
+            return
+        if all(isinstance(v, int) for v in vals):
+            carry = sum(vals) > MASK
+            self.set(outs[0], carry)
+            for o in outs[1:]:
+                self.set(o, None)
+        else:
+            for o in outs:
+                self.set(o, None)
+
+    def _imad_wide(self, mods, ops):
+        g = self.get
+        d, a, b, c = ops[0], g(ops[1]), g(ops[2]), ops[3]
+        c_lo = g(c)
+        c_hi = g(_next_reg(c.split(".")[0], 1)) if re.match(r"U?R\d", c) else \
+            (0 if isinstance(c_lo, int) and not c_lo & 0x80000000 else None)
+        if isinstance(a, int) and isinstance(b, int):
+            x, y = (a, b) if "U32" in mods else (_signed(a), _signed(b))
+            prod = x * y
+            if isinstance(c_lo, Sym):
+                return Sym(c_lo.base, c_lo.off + prod), None
+            if isinstance(c_lo, int) and isinstance(c_hi, int):
+                total = (c_hi << 32 | c_lo) + prod
+                return total & MASK, (total >> 32) & MASK
+        return None, None
+
+    def _lea(self, mods, ops, src):
+        vals = [(o, s) for o, s in zip(ops[1:], src) if not _is_pred(o)]
+        if "HI" in mods:
+            return None  # high words of 64-bit addresses: never needed for a branch
+        a, b, sh = vals[0][1], vals[1][1], vals[2][1]
+        if isinstance(a, int) and isinstance(sh, int):
+            value = _add((a << sh) & MASK, b)
+            if isinstance(b, int) and not isinstance(b, bool):
+                self._set_carry(ops, [(a << sh) & MASK, b], None)
+            return value
+        return None
+
+    # -- the walk
+    def decide(self, ins: sass.Instruction, index: int):
+        """Whether a conditional branch is taken."""
+        guard = self.get(ins.predicate.lstrip("@"))
+        ops = _split_operands(ins.operands)
+        extra = ops[0] if ops and _is_pred(ops[0]) else None  # `@P0 BRA P3, target`
+        taken = guard
+        if extra is not None and guard is not False:
+            e = self.get(extra)
+            taken = False if e is False else (guard if e is True else None)
+        if taken is not None:
+            return taken
+        context = self.k.context[index]
+        for file, line in context[:1]:
+            text = self._line_text(file, line)
+            for rule in self.rules:
+                if rule.file == file and rule.line_text in text:
+                    self.decisions.append(f"{file}:{line} {rule.choose} ({rule.why})")
+                    return rule.choose == "taken"
+        where = " <- ".join(f"{f}:{ln}" for f, ln in context[:4]) or "no line info"
+        raise WalkError(f"cannot decide the branch /*{ins.offset:04x}*/ {ins.predicate} "
+                        f"{ins.opcode} {ins.operands} at {where} "
+                        f"({self._line_text(*context[0]).strip() if context else ''!r}): its "
+                        f"predicate depends on data the walk does not know")
+
+    def run(self, start: int, stop: int, limit: int = 200_000,
+            on_instruction=None) -> int:
+        """Executes from instruction index `start` until control reaches index `stop`
+        (after at least one instruction); returns the instructions issued."""
+        k, count = start, 0
+        code = self.k.code
+        while True:
+            if count and k == stop:
+                return count
+            if count > limit or k >= len(code):
+                raise WalkError(f"the walk did not come back to /*{code[stop].offset:04x}*/ "
+                                f"within {limit} instructions")
+            ins = code[k]
+            count += 1
+            if on_instruction:
+                on_instruction(k, ins)
+            if ins.base in ("CALL", "RET", "EXIT", "JMP", "JMX", "KILL"):
+                raise WalkError(f"{ins.opcode} at /*{ins.offset:04x}*/ on the walked path: "
+                                f"not modelled")
+            if ins.base == "BRX":
+                k = self._indirect(ins, k)
+                continue
+            if ins.base == "BRA":
+                taken = True if not ins.conditional and not \
+                    (_split_operands(ins.operands)[:1] and _is_pred(_split_operands(ins.operands)[0])) \
+                    else self.decide(ins, k)
+                if taken:
+                    if ins.target not in self.labels:
+                        raise WalkError(f"branch target of /*{ins.offset:04x}*/ not found")
+                    k = self.labels[ins.target]
+                    continue
+                k += 1
+                continue
+            self.step(ins, self.k.context[k])
+            k += 1
+
+    def _indirect(self, ins, k) -> int:
+        ops = _split_operands(ins.operands)
+        parts = ops[0].split()
+        value = self.get(parts[0])
+        rel = int(parts[1], 16) if len(parts) > 1 and not parts[1].startswith("-") else \
+            -int(parts[1][1:], 16) if len(parts) > 1 else 0
+        if ins.conditional:
+            guard = self.get(ins.predicate.lstrip("@"))
+            if guard is False:
+                return k + 1
+            if guard is None:
+                raise WalkError(f"cannot decide the guard of /*{ins.offset:04x}*/ BRX")
+        if not isinstance(value, int):
+            raise WalkError(f"cannot decide the jump table target of /*{ins.offset:04x}*/ "
+                            f"BRX {parts[0]}: its index is not known")
+        target = (value + rel + ins.offset + 16) & MASK
+        if target not in self.by_offset:
+            raise WalkError(f"BRX /*{ins.offset:04x}*/ jumps to /*{target:04x}*/, not an "
+                            f"instruction")
+        self.decisions.append(f"BRX /*{ins.offset:04x}*/ -> /*{target:04x}*/")
+        return self.by_offset[target]
+
+
+def _width(mods: list[str]) -> int:
+    return 4 if "128" in mods else 2 if "64" in mods else 1
+
+
+def _combine(bop, r, c):
+    if bop == "AND":
+        return False if r is False or c is False else (None if r is None or c is None else True)
+    if bop == "OR":
+        return True if r is True or c is True else (None if r is None or c is None else False)
+    return None if r is None or c is None else r != c
+
+
+def _lut_bool(lut: int, a, b, c):
+    if any(v is None for v in (a, b, c)):
+        return None
+    return bool(lut >> ((int(a) << 2) | (int(b) << 1) | int(c)) & 1)
+
+
+def _lut_int(lut: int, a: int, b: int, c: int) -> int:
+    r = 0
+    for i in range(8):
+        if lut >> i & 1:
+            r |= (a if i & 4 else ~a) & (b if i & 2 else ~b) & (c if i & 1 else ~c)
+    return r & MASK
+
+
+def _shf(mods, src):
+    if not all(isinstance(v, int) for v in src[:3]):
+        return None
+    lo, sh, hi = src[0], src[1] & 63, src[2]
+    if "L" in mods:
+        wide = ((hi << 32) | lo) << sh
+        return (wide >> 32) & MASK if "HI" in mods else wide & MASK
+    if "S32" in mods:
+        wide = (_signed(hi) << 32) | lo
+    else:
+        wide = (hi << 32) | lo
+    return (wide >> (sh + (0 if "HI" not in mods else 32))) & MASK if "HI" in mods else \
+        (wide >> sh) & MASK
+
+
+def _half_bits(text: str) -> int | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    import numpy as np  # noqa: PLC0415
+    return int(np.array(value, dtype=np.float16).view(np.uint16))
+
+
+# ---------------------------------------------------------------- one sub-tile of pair_tile
+
+@dataclasses.dataclass
+class SubTileCount:
+    instructions: int  # issued in one steady-state sub-tile
+    pairs: int  # pairs of that sub-tile (kSubTile)
+    parts: dict[str, int]  # where they go: loop head, each pair instruction, reducer
+    decisions: list[str]  # the jump tables taken and the rules applied
+    head_offset: int
+
+    @property
+    def per_pair(self) -> float:
+        return self.instructions / self.pairs
+
+
+def _pair_tile_loop(kernel: Kernel, sources) -> tuple[int, int]:
+    """(head, latch) instruction indices of pair_tile's sub-tile loop: the backward branch
+    whose source line is thread_steps.h's `for (int l0 ...`."""
+    lines = sources.get("thread_steps.h", [])
+    wanted = {n + 1 for n, text in enumerate(lines) if re.search(r"for \(int l0\b", text)}
+    labels = kernel.index_of_label()
+    found = []
+    for k, ins in enumerate(kernel.code):
+        ctx = kernel.context[k]
+        if ins.base == "BRA" and ins.target in labels and labels[ins.target] <= k and ctx and \
+                ctx[0][0] == "thread_steps.h" and ctx[0][1] in wanted:
+            found.append((labels[ins.target], k))
+    if not found:
+        raise WalkError("pair_tile's sub-tile loop (thread_steps.h `for (int l0`) not found: "
+                        "is the module built with -lineinfo?")
+    return found[0]
+
+
+def _seed_loop_registers(kernel: Kernel, head: int, latch: int) -> tuple[str, str]:
+    """The registers of l0 and nv: in the latch block, the one incremented by kSubTile and the
+    one it is compared with."""
+    l0 = nv = None
+    for k in range(latch, max(head, latch - 12), -1):
+        ins = kernel.code[k]
+        ops = _split_operands(ins.operands)
+        if ins.base in ("VIADD", "IADD3") and len(ops) >= 3 and ops[0] == ops[1] and \
+                ops[2] in (hex(SUB_TILE), str(SUB_TILE)):
+            l0 = ops[0]
+    for k in range(latch, max(head, latch - 12), -1):
+        ins = kernel.code[k]
+        ops = _split_operands(ins.operands)
+        if ins.base == "ISETP" and l0 in ops[2:4]:
+            nv = ops[3] if ops[2] == l0 else ops[2]
+    if l0 is None or nv is None:
+        raise WalkError("cannot find l0 and nv in pair_tile's loop latch")
+    return l0, nv
+
+
+def walk_sub_tile(kernel: Kernel, setup: Setup, sources: dict[str, list[str]],
+                  rules: list[Rule] = ()) -> SubTileCount:
+    """Instructions the kernel issues for one steady-state sub-tile of a full j tile: the
+    first sub-tile (l0 = 0) and the second are walked; they must agree."""
+    head, latch = _pair_tile_loop(kernel, sources)
+    l0, nv = _seed_loop_registers(kernel, head, latch)
+    walker = Walker(kernel, setup, sources, rules)
+    walker.set(l0, 0)
+    walker.set(nv, setup.tile)
+    counts, parts = [], {}
+    for sub_tile in range(2):
+        parts = {}
+        dispatch = walker._function_lines("tile_interpreter.h", ("run_pair_subtile",))
+
+        def account(k, ins):
+            ctx = kernel.context[k]
+            in_dispatch = any(f == "tile_interpreter.h" and ln in dispatch for f, ln in ctx)
+            if in_dispatch and walker.record_index is not None:
+                rec = setup.records[walker.record_index]
+                label = f"{walker.record_index}: {rec.name}"
+            elif walker.record_index is None:
+                label = "sub-tile loop head"
+            else:
+                label = "result views, reducer, loop back"
+            parts[label] = parts.get(label, 0) + 1
+
+        walker.record_index = None
+        counts.append(walker.run(head, head, on_instruction=account))
+    if counts[0] != counts[1]:
+        raise WalkError(f"the first two sub-tiles issue {counts[0]} and {counts[1]} "
+                        f"instructions: not a steady state")
+    return SubTileCount(counts[1], SUB_TILE, parts, walker.decisions,
+                        kernel.code[head].offset)
