@@ -30,10 +30,18 @@ unless a branch needs them, and then the walk fails loudly.
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 import re
 import struct
+import subprocess
+import tempfile
 
-from jaxkeops.benchmarks import sass
+import numpy as np
+
+from jaxkeops.benchmarks import cuda_tools, sass
+from jaxkeops.formula import CAT_I, CAT_J, Var
+from jaxkeops.ops import OPS, apply_op
+from jaxkeops.program import build_program
 
 MASK = 0xFFFFFFFF
 SUB_TILE = 16  # kSubTile (src/cuda/device_program.h): pairs per walked iteration
@@ -63,6 +71,7 @@ class Kernel:
     code: list[sass.Instruction]
     context: list[tuple[tuple[str, int], ...]]  # per instruction: (file name, line), innermost first
     const2: bytes = b""
+    files: dict[str, str] = dataclasses.field(default_factory=dict)  # file name -> path seen
 
     def index_of_label(self) -> dict[str, int]:
         return {ins.label: k for k, ins in enumerate(self.code) if ins.label}
@@ -78,6 +87,7 @@ def parse_with_lines(text: str) -> dict[str, Kernel]:
     building: list = []
     in_comment = False
     const_target: Kernel | None = None
+    paths: dict[str, str] = {}
     for line in text.splitlines():
         stripped = line.strip()
         if stripped.startswith("//##"):
@@ -86,6 +96,7 @@ def parse_with_lines(text: str) -> dict[str, Kernel]:
             m = _CONTEXT.search(stripped)
             if m:
                 building.append((m.group(1).rsplit("/", 1)[-1], int(m.group(2))))
+                paths[building[-1][0]] = m.group(1)
             context = tuple(building)
             in_comment = True
             continue
@@ -116,6 +127,8 @@ def parse_with_lines(text: str) -> dict[str, Kernel]:
                                                  operands.strip(), pending))
             current.context.append(context)
             pending = None
+    for k in kernels.values():
+        k.files = paths
     return {name: k for name, k in kernels.items() if k.code}
 
 
@@ -195,7 +208,6 @@ def kernel_setup(program, reduction_family: int, state_size: int, dim: int, k: i
     """The pair records and kernel parameters of `program` (a jaxkeops.program.Program), as
     src/cuda/host_program.h and launch_plan.cc build them for an M = N = n call (one batch
     problem, no split, the pair program in shared memory)."""
-    from jaxkeops.ops import OPS  # noqa: PLC0415  (only the names, for the breakdown)
     names = {spec.opcode: name for name, spec in OPS.items()}
     size = [0, 0, 0, 0]
     where = []
@@ -445,11 +457,9 @@ class Walker:
 
     def _execute(self, ins, ops, context) -> list[str]:
         """Applies the instruction; returns the registers/predicates it may have written."""
-        full = ins.opcode
-        base = ins.base.lstrip("U") if ins.base not in ("UMOV",) else "MOV"
-        if ins.base.startswith("U") and ins.base not in ("UMOV",):
-            base = ins.base[1:]
-        mods = full.split(".")[1:]
+        # Uniform-datapath instructions (UIADD3, ULDC...) compute as their vector twins.
+        base = ins.base[1:] if ins.base.startswith("U") else ins.base
+        mods = ins.opcode.split(".")[1:]
         g = self.get
         if base in ("BSSY", "BSYNC", "WARPSYNC", "NOP", "BAR", "BREAK", "YIELD", "DEPBAR",
                     "BMOV", "BRA", "BRX", "EXIT") or not ops:
@@ -573,7 +583,7 @@ class Walker:
     def _arith(self, base, mods, ops, g):
         src = [g(o) for o in ops[1:]]
         srcs_no_pred = [s for o, s in zip(ops[1:], src) if not _is_pred(o)]
-        if base == "MOV" or base == "R2UR" or base == "S2UR" and False:
+        if base in ("MOV", "R2UR"):
             return src[0]
         if base == "S2R" or base == "S2UR":
             return 0 if ops[1] in ("SR_TID.X", "SR_CTAID.X", "SR_CgaCtaId") else None
@@ -596,10 +606,7 @@ class Walker:
                     return (((x * y) >> 32) + c) & MASK
                 return None
             a, b, c = srcs_no_pred[:3]
-            if "SHL" in mods:
-                return _mul(a, (1 << b) & MASK if isinstance(b, int) else None) \
-                    if isinstance(b, int) and b < 32 else _mul(a, b)
-            return _add(_mul(a, b), c)
+            return _add(_mul(a, b), c)  # IMAD.SHL shows the multiplier (0x4: shift by 2)
         if base == "IADD3":
             vals = [s for o, s in zip(ops[1:], src) if not _is_pred(o)][:3]
             carries = [s for o, s in zip(ops[1:], src) if _is_pred(o)] if "X" in mods else []
@@ -808,7 +815,6 @@ def _half_bits(text: str) -> int | None:
         value = float(text)
     except ValueError:
         return None
-    import numpy as np  # noqa: PLC0415
     return int(np.array(value, dtype=np.float16).view(np.uint16))
 
 
@@ -865,6 +871,46 @@ def _seed_loop_registers(kernel: Kernel, head: int, latch: int) -> tuple[str, st
     return l0, nv
 
 
+def _op_lists(ops_h: list[str]) -> dict[str, str]:
+    """Op name -> the X-macro list of src/ops.h that declares it (e.g.
+    JAXKEOPS_UNARY_ELEMENTWISE_OPS), for the ops whose switch cases one macro expands."""
+    found, current = {}, None
+    for text in ops_h:
+        m = re.match(r"#define (JAXKEOPS_\w+_OPS)\(X\)", text)
+        if m:
+            current = m.group(1)
+            continue
+        m = re.match(r"\s*X\((\w+),", text)
+        if m and current:
+            found[m.group(1)] = current
+        elif not text.rstrip().endswith("\\"):
+            current = None
+    return found
+
+
+def _check_op_code_ran(setup: Setup, seen: dict[int, set], sources) -> None:
+    """Each pair instruction's part of the walk must go through its op's case of the switch
+    (the run_pair_subtile line naming `Op::<name>`, or the X-macro list that expands it) and
+    through no other op's functor (`struct <name>` lines of ops.h). A wrong turn in the
+    dispatch would fail here instead of counting another op's code."""
+    ops_h = sources.get("ops.h", [])
+    interp = sources.get("tile_interpreter.h", [])
+    lists = _op_lists(ops_h)
+    functors = {("ops.h", n + 1): m.group(1) for n, text in enumerate(ops_h)
+                if (m := re.match(r"\s*struct (\w+) \{", text))}
+    for index, rec in enumerate(setup.records):
+        case_lines = {("tile_interpreter.h", n + 1) for n, text in enumerate(interp)
+                      if re.search(rf"\bOp::{rec.name}\b", text)
+                      or (rec.name in lists and lists[rec.name] + "(" in text)}
+        here = seen.get(index, set())
+        others = {functors[c] for c in here if c in functors} - {rec.name}
+        if not case_lines & here or others:
+            raise WalkError(f"the walk of pair instruction {index} ({rec.name}) "
+                            + (f"ran the code of {sorted(others)}" if others else
+                               "never went through its case of the switch")
+                            + ": a wrong turn in the dispatch")
+
+
 def walk_sub_tile(kernel: Kernel, setup: Setup, sources: dict[str, list[str]],
                   rules: list[Rule] = ()) -> SubTileCount:
     """Instructions the kernel issues for one steady-state sub-tile of a full j tile: the
@@ -885,6 +931,7 @@ def walk_sub_tile(kernel: Kernel, setup: Setup, sources: dict[str, list[str]],
             if in_dispatch and walker.record_index is not None:
                 rec = setup.records[walker.record_index]
                 label = f"{walker.record_index}: {rec.name}"
+                seen.setdefault(walker.record_index, set()).update(ctx)
             elif walker.record_index is None:
                 label = "sub-tile loop head"
             else:
@@ -892,9 +939,109 @@ def walk_sub_tile(kernel: Kernel, setup: Setup, sources: dict[str, list[str]],
             parts[label] = parts.get(label, 0) + 1
 
         walker.record_index = None
+        seen: dict[int, set] = {}
         counts.append(walker.run(head, head, on_instruction=account))
+        _check_op_code_ran(setup, seen, sources)
     if counts[0] != counts[1]:
         raise WalkError(f"the first two sub-tiles issue {counts[0]} and {counts[1]} "
                         f"instructions: not a steady state")
     return SubTileCount(counts[1], SUB_TILE, parts, walker.decisions,
                         kernel.code[head].offset)
+
+
+# ---------------------------------------------------------------- the reference workloads
+
+# The interpreter kernel of each reference workload, and its reduction as host_program.h
+# describes it (family, reduction name and parameters, state doubles, K, pick).
+INTERPRETER_KERNELS = {"gaussian": "SumOps", "logsumexp": "ExpSumOps", "argkmin": "KMinOps"}
+
+# Branches on data (float values the walk does not know), decided for the steady state of a
+# long reduction: the running maximum of a logsumexp rarely moves, and a K-min list rarely takes
+# a new entry. Each names its source line; a branch on data that no rule names fails the walk.
+STEADY_STATE_RULES: list[Rule] = []
+
+
+def reference_setup(case: str, n: int = 1_000_000) -> Setup:
+    """The kernel data of a reference workload (float32, D = 3), its program built by the real
+    compiler (jaxkeops.program, normalisation included)."""
+
+    x, y, b = Var(0, 3, CAT_I), Var(1, 3, CAT_J), Var(2, 1, CAT_J)
+    sqdist = apply_op("SqDist", (x, y))
+    if case == "gaussian":
+        formula = apply_op("Mult", (apply_op("Exp", (apply_op("Minus", (sqdist,)),)), b))
+        prog = build_program((formula,), (CAT_I, CAT_J, CAT_J), (3, 3, 1), "Sum", (), 1)
+        return kernel_setup(prog, 0, state_size=1, dim=1, n=n)
+    if case == "logsumexp":
+        formula = apply_op("Minus", (sqdist,))
+        prog = build_program((formula,), (CAT_I, CAT_J), (3, 3), "LogSumExp", (), 1)
+        return kernel_setup(prog, 1, state_size=2, dim=1, kind=0, n=n)
+    if case == "argkmin":
+        prog = build_program((sqdist,), (CAT_I, CAT_J), (3, 3), "ArgKMin", (10,), 1)
+        return kernel_setup(prog, 3, state_size=20, dim=1, k=10, pick=1, n=n)
+    raise ValueError(f"unknown reference workload {case!r}; expected one of "
+                     f"{sorted(INTERPRETER_KERNELS)}")
+
+
+def _sources(kernel: Kernel) -> dict[str, list[str]]:
+    """The source files named by the line info: where the build saw them, else this
+    checkout's src/ (by file name)."""
+    root = pathlib.Path(__file__).resolve().parents[2] / "src"
+    found = {}
+    for name, path in kernel.files.items():
+        for candidate in (pathlib.Path(path), *sorted(root.rglob(name))):
+            if candidate.is_file():
+                found[name] = candidate.read_text().splitlines()
+                break
+    return found
+
+
+def interpreter_counts(disassembly: str, cases=tuple(INTERPRETER_KERNELS)
+                       ) -> dict[str, SubTileCount | str]:
+    """Per reference workload: the walked count of `reduce_kernel<float, Ops>` in an
+    `nvdisasm -gi` listing, or why there is none (a sentence starting with CHECK)."""
+    kernels = parse_with_lines(disassembly)
+    names = cuda_tools.demangle(list(kernels))
+    result: dict[str, SubTileCount | str] = {}
+    for case in cases:
+        ops = INTERPRETER_KERNELS[case]
+        pattern = re.compile(rf"reduce_kernel<float, (?:[\w:]+::)?{ops}>")
+        matches = [m for m, d in names.items() if pattern.search(d)]
+        if not matches:
+            result[case] = f"CHECK: no reduce_kernel<float, {ops}> in the module"
+            continue
+        kernel = kernels[matches[0]]
+        if not any(kernel.context):
+            result[case] = ("CHECK: the module has no line info (build it with -lineinfo, as "
+                            "cmake/JaxkeopsCuda.cmake does)")
+            continue
+        try:
+            result[case] = walk_sub_tile(kernel, reference_setup(case), _sources(kernel),
+                                         STEADY_STATE_RULES)
+        except WalkError as e:
+            result[case] = f"CHECK: walk failed: {e}"
+    return result
+
+
+def module_interpreter_counts(nvdisasm: str, cuobjdump: str, module: str,
+                              cases=tuple(INTERPRETER_KERNELS), arch: str = "sm_90"
+                              ) -> dict[str, SubTileCount | str]:
+    """interpreter_counts of a built module (or of one cubin)."""
+
+    with tempfile.TemporaryDirectory(prefix="jaxkeops_sass_walk_") as folder:
+        cubins = [module] if module.endswith(".cubin") else \
+            cuda_tools.extract_cubins(cuobjdump, module, arch, folder)
+        result: dict[str, SubTileCount | str] = {
+            c: f"CHECK: {module} holds no {arch} code" for c in cases}
+        for cubin in cubins:
+            text = disassemble_with_lines(nvdisasm, cubin)
+            for case, count in interpreter_counts(text, cases).items():
+                if not isinstance(result.get(case), SubTileCount):
+                    result[case] = count
+    return result
+
+
+def disassemble_with_lines(nvdisasm: str, cubin: str) -> str:
+    """`nvdisasm -gi` of a cubin: code with inlined-call line info, and the constant bank 2
+    sections (jump tables)."""
+    return subprocess.run([nvdisasm, "-gi", cubin], capture_output=True, text=True,
+                          check=True).stdout
