@@ -39,7 +39,11 @@ LISTING = """
 	//## File "/src/other.h", line 1
         /*00d0*/                   BRA `(.L_x_4) ;
 .L_x_6:
+	//## File "/src/tile_interpreter.h", line 6 inlined at "/src/other.h", line 1
+	//## File "/src/other.h", line 1
         /*00e0*/                   MOV R9, R11 ;
+	//## File "/src/tile_interpreter.h", line 3 inlined at "/src/other.h", line 1
+	//## File "/src/other.h", line 1
         /*00f0*/                   BRA `(.L_x_4) ;
         /*0100*/                   NOP ;
 .L_x_2:
@@ -53,6 +57,8 @@ LISTING = """
         /*0160*/                   ISETP.GE.AND P1, PT, R7, R8, PT ;
         /*0170*/              @!P1 BRA `(.L_x_5) ;
 .L_x_4:
+	//## File "/src/tile_interpreter.h", line 11 inlined at "/src/other.h", line 1
+	//## File "/src/other.h", line 1
         /*0180*/                   IADD3 R10, R10, 0x1, RZ ;
         /*0190*/                   ISETP.GE.AND P2, PT, R10, c[0x0][0x24c], PT ;
         /*01a0*/              @!P2 BRA `(.L_x_0) ;
@@ -66,10 +72,14 @@ SOURCES = {"tile_interpreter.h": [
     "// the dispatch loop of the listing",
     "JAXKEOPS_HD inline void run_pair_subtile(const PairInstr* prog, int n) {",
     "  for (int i = 0; i < n; ++i) switch (prog[i].opcode) {",
-    "    case 5: x = a * b + c; if (x > best) rare(x); break;",
-    "      if (x > best) rare(x);",
+    "    case 5: x = a * b + c;",
+    "      if (x > best) {",
+    "        best = x;  // rare",
+    "      }",
+    "      break;",
     "    case 7: for (int d = 0; d < od; ++d) x += c; break;",
     "  }",
+    "  next_instruction();",
     "}",
 ]}
 
@@ -86,8 +96,9 @@ def _walk(setup, rules=()):
     return walker, walker.run(0, exit_index)
 
 
-_RARE = sass_walk.Rule("tile_interpreter.h", "if (x > best) rare(x);", "fallthrough",
-                       "steady state: no new best")
+# The steady side of the data branch goes straight on to the next instruction.
+_STEADY = sass_walk.Rule("tile_interpreter.h", "if (x > best) {", "next_instruction();",
+                         "steady state: no new best")
 
 
 def test_parse_reads_line_info_and_jump_tables():
@@ -100,9 +111,10 @@ def test_parse_reads_line_info_and_jump_tables():
 
 
 def test_walk_follows_the_jump_table_and_the_loops():
-    # MOV; record 0 (opcode 5): 7 dispatch + 5 of case 5 (rare side skipped) + 3 loop;
+    # MOV; record 0 (opcode 5): 7 dispatch + 5 of case 5 (the rule keeps the steady side, one
+    # instruction from the join where the rare side is two) + 3 loop;
     # record 1 (opcode 7, out_dim 3): 7 + MOV + 3 x 4 + 3.
-    walker, count = _walk(_setup([(5, 1), (7, 3)]), [_RARE])
+    walker, count = _walk(_setup([(5, 1), (7, 3)]), [_STEADY])
     assert count == 1 + (7 + 5 + 3) + (7 + 1 + 12 + 3)
     assert walker.decisions == ["BRX /*0070*/ -> /*0090*/",
                                 "tile_interpreter.h:5 fallthrough (steady state: no new best)",
@@ -113,7 +125,7 @@ def test_walk_follows_the_jump_table_and_the_loops():
 
 
 def test_walk_rules_decide_branches_on_data_and_fail_loudly_without_one():
-    taken = sass_walk.Rule("tile_interpreter.h", "if (x > best) rare(x);", "taken", "rare side")
+    taken = sass_walk.Rule("tile_interpreter.h", "if (x > best) {", "best = x;", "rare side")
     assert _walk(_setup([(5, 1)]), [taken])[1] == 1 + (7 + 6 + 3)
     with pytest.raises(sass_walk.WalkError, match=r"cannot decide the branch /\*00c0\*/.*"
                                                   r"tile_interpreter.h:5"):

@@ -30,6 +30,7 @@ unless a branch needs them, and then the walk fails loudly.
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import pathlib
 import re
 import struct
@@ -327,13 +328,14 @@ def _signed(v: int) -> int:
 
 @dataclasses.dataclass
 class Rule:
-    """How to decide a branch whose predicate depends on data the walk does not know: the
-    branch's innermost source line (file name, text found on that line) and the steady-state
-    answer, as the name of a source line the chosen successor reaches first ('taken' or
-    'fallthrough' when that is simpler to say)."""
+    """How to decide a branch on data the walk does not know (a float compare): the branch's
+    source line (file name and a text found on that line) and the steady-state side, named by
+    a text found on a source line that side reaches first: the successor with the shorter
+    static path (in instructions, whatever the branches) to an instruction of such a line is
+    taken. Layout-independent: it does not matter which side the compiler made the jump."""
     file: str
     line_text: str
-    choose: str  # "taken" or "fallthrough"
+    toward: str
     why: str
 
 
@@ -702,13 +704,56 @@ class Walker:
             text = self._line_text(file, line)
             for rule in self.rules:
                 if rule.file == file and rule.line_text in text:
-                    self.decisions.append(f"{file}:{line} {rule.choose} ({rule.why})")
-                    return rule.choose == "taken"
+                    return self._apply(rule, ins, index, f"{file}:{line}")
         where = " <- ".join(f"{f}:{ln}" for f, ln in context[:4]) or "no line info"
         raise WalkError(f"cannot decide the branch /*{ins.offset:04x}*/ {ins.predicate} "
                         f"{ins.opcode} {ins.operands} at {where} "
                         f"({self._line_text(*context[0]).strip() if context else ''!r}): its "
                         f"predicate depends on data the walk does not know")
+
+    def _apply(self, rule: Rule, ins, index: int, where: str) -> bool:
+        taken_at = self.labels.get(ins.target)
+        if taken_at is None:
+            raise WalkError(f"branch target of /*{ins.offset:04x}*/ not found")
+        d_taken = self._distance(taken_at, rule.toward)
+        d_fall = self._distance(index + 1, rule.toward)
+        if d_taken == d_fall:
+            raise WalkError(f"rule '{rule.why}' at {where} cannot tell the sides of "
+                            f"/*{ins.offset:04x}*/ apart (both {d_taken} instructions from "
+                            f"{rule.toward!r})")
+        taken = d_taken < d_fall
+        self.decisions.append(f"{where} {'taken' if taken else 'fallthrough'} ({rule.why})")
+        return taken
+
+    def _distance(self, start: int, toward: str, limit: int = 20_000) -> float:
+        """Fewest instructions from `start` to one whose source line contains `toward`,
+        following every branch (a static search: no values)."""
+        code, ctx = self.k.code, self.k.context
+        best = {start: 0}
+        queue = [(0, start)]
+        while queue:
+            dist, k = heapq.heappop(queue)
+            if dist > best.get(k, limit) or k >= len(code):
+                continue
+            if ctx[k] and toward in self._line_text(*ctx[k][0]):
+                return dist
+            ins = code[k]
+            nexts = []
+            if ins.base in ("EXIT", "RET", "BRX", "JMX", "KILL"):
+                nexts = []
+            elif ins.base == "BRA":
+                if ins.target in self.labels:
+                    nexts.append(self.labels[ins.target])
+                if ins.conditional or (_split_operands(ins.operands)[:1] and
+                                       _is_pred(_split_operands(ins.operands)[0])):
+                    nexts.append(k + 1)
+            else:
+                nexts.append(k + 1)
+            for n in nexts:
+                if dist + 1 < best.get(n, limit):
+                    best[n] = dist + 1
+                    heapq.heappush(queue, (dist + 1, n))
+        return float("inf")
 
     def run(self, start: int, stop: int, limit: int = 200_000,
             on_instruction=None) -> int:
