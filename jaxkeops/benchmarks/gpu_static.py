@@ -161,6 +161,7 @@ def module_rows(tools, folder) -> tuple[list[str], dict[tuple[str, str], Row], s
     table = ["| kernel | regs | stack (B) | local (B) | shared (B) | local-memory instructions |",
              "|---|---|---|---|---|---|"]
     found: dict[tuple[str, str], Row] = {}
+    interpreter_cubins: list[str] = []
     for cubin in cubins:
         resources = cuda_tools.resource_usage(tools["cuobjdump"], cubin)
         kernels = sass.parse(cuda_tools.disassemble(tools["nvdisasm"], cubin))
@@ -174,6 +175,7 @@ def module_rows(tools, folder) -> tuple[list[str], dict[tuple[str, str], Row], s
                     found[case, "interpreter"] = Row(
                         "jaxkeops interpreter", case, res.registers, res.stack,
                         f"{res.local} B; {_local_instructions(code)}", note=INTERPRETER_NOTE)
+                    interpreter_cubins.append(cubin)
             for case in CASES:
                 rows = _fused_match(names[mangled], case)
                 if rows is None or (case, "fused") in found:
@@ -183,7 +185,7 @@ def module_rows(tools, folder) -> tuple[list[str], dict[tuple[str, str], Row], s
                 row.regs, row.stack = res.registers, res.stack
                 row.local = f"{res.local} B; {_local_instructions(code)}"
                 found[case, "fused"] = row
-    _count_interpreter(tools, cubins, found)
+    _count_interpreter(tools, sorted(set(interpreter_cubins)), found)
     return table, found, f"{os.path.basename(path)} ({len(cubins)} {ARCH} cubin)"
 
 
@@ -192,7 +194,7 @@ def _count_interpreter(tools, cubins, found) -> None:
     program (sass_walk.py); a failed walk leaves its CHECK sentence in the note."""
     rows = {case: row for (case, kind), row in found.items() if kind == "interpreter"}
     counts: dict = {}
-    for cubin in cubins if rows else []:
+    for cubin in cubins:
         text = sass_walk.disassemble_with_lines(tools["nvdisasm"], cubin)
         for case, count in sass_walk.interpreter_counts(text, tuple(rows)).items():
             if not isinstance(counts.get(case), sass_walk.SubTileCount):

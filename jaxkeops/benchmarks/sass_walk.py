@@ -337,6 +337,7 @@ class Rule:
     line_text: str
     toward: str
     why: str
+    innermost: bool = True  # match `toward` on the innermost line only, or on any inlined frame
 
 
 class Walker:
@@ -456,6 +457,8 @@ class Walker:
         if guard is None:  # may or may not have run: whatever it wrote is unknown
             for d in dests:
                 self.set(d, None)
+            if ins.base == "STL":
+                self.local.clear()
 
     def _execute(self, ins, ops, context) -> list[str]:
         """Applies the instruction; returns the registers/predicates it may have written."""
@@ -468,14 +471,12 @@ class Walker:
             return []
         d = ops[0]
         if base in ("ST", "STG", "STS", "STL", "RED", "ATOM"):
-            if base == "STL":
+            if base == "STL":  # the thread's local memory is remembered word by word
                 addr = self.address(ops[0])
-                width = _width(mods)
-                for k in range(width):
-                    self.local[_add(addr, 4 * k) if addr is not None else None] = \
-                        g(_next_reg(ops[1].split(".")[0], k)) if addr is not None else None
                 if addr is None:  # a store we cannot place: forget everything
                     self.local.clear()
+                for k in range(_width(mods) if addr is not None else 0):
+                    self.local[_add(addr, 4 * k)] = g(_next_reg(ops[1].split(".")[0], k))
             return []
         if base in ("LD", "LDG", "LDS", "LDL", "LDC"):
             width = _width(mods)
@@ -715,8 +716,8 @@ class Walker:
         taken_at = self.labels.get(ins.target)
         if taken_at is None:
             raise WalkError(f"branch target of /*{ins.offset:04x}*/ not found")
-        d_taken = self._distance(taken_at, rule.toward)
-        d_fall = self._distance(index + 1, rule.toward)
+        d_taken = self._distance(taken_at, rule)
+        d_fall = self._distance(index + 1, rule)
         if d_taken == d_fall:
             raise WalkError(f"rule '{rule.why}' at {where} cannot tell the sides of "
                             f"/*{ins.offset:04x}*/ apart (both {d_taken} instructions from "
@@ -725,8 +726,8 @@ class Walker:
         self.decisions.append(f"{where} {'taken' if taken else 'fallthrough'} ({rule.why})")
         return taken
 
-    def _distance(self, start: int, toward: str, limit: int = 20_000) -> float:
-        """Fewest instructions from `start` to one whose source line contains `toward`,
+    def _distance(self, start: int, rule: Rule, limit: int = 20_000) -> float:
+        """Fewest instructions from `start` to one whose source line contains `rule.toward`,
         following every branch (a static search: no values)."""
         code, ctx = self.k.code, self.k.context
         best = {start: 0}
@@ -735,9 +736,13 @@ class Walker:
             dist, k = heapq.heappop(queue)
             if dist > best.get(k, limit) or k >= len(code):
                 continue
-            if ctx[k] and toward in self._line_text(*ctx[k][0]):
-                return dist
             ins = code[k]
+            # Only instructions that compute mark a line: a reconvergence point or a branch
+            # carries the line info of whatever precedes it in the listing.
+            frames = ctx[k][:1] if rule.innermost else ctx[k]
+            if ins.base not in _CONTROL and \
+                    any(rule.toward in self._line_text(*frame) for frame in frames):
+                return dist
             nexts = []
             if ins.base in ("EXIT", "RET", "BRX", "JMX", "KILL"):
                 nexts = []
@@ -812,6 +817,10 @@ class Walker:
                             f"instruction")
         self.decisions.append(f"BRX /*{ins.offset:04x}*/ -> /*{target:04x}*/")
         return self.by_offset[target]
+
+
+_CONTROL = ("BSSY", "BSYNC", "BRA", "BRX", "NOP", "WARPSYNC", "BMOV", "BREAK", "EXIT", "RET",
+            "JMP", "JMX")
 
 
 def _width(mods: list[str]) -> int:
@@ -1003,7 +1012,23 @@ INTERPRETER_KERNELS = {"gaussian": "SumOps", "logsumexp": "ExpSumOps", "argkmin"
 # Branches on data (float values the walk does not know), decided for the steady state of a
 # long reduction: the running maximum of a logsumexp rarely moves, and a K-min list rarely takes
 # a new entry. Each names its source line; a branch on data that no rule names fails the walk.
-STEADY_STATE_RULES: list[Rule] = []
+STEADY_STATE_RULES: list[Rule] = [
+    # ExpSumOps::accumulate (src/cuda/reducers.cuh)
+    Rule("reducers.cuh", "if (st[0] == inf) return;", "mx = x > mx ? x : mx;",
+         "the row is not already +inf"),
+    Rule("reducers.cuh", "if (mx == tinf) {", "if (static_cast<double>(mx) > st[0]) {",
+         "no +inf score"),
+    Rule("reducers.cuh", "if (static_cast<double>(mx) > st[0]) {",
+         "const T m = static_cast<T>(st[0]);", "the running maximum does not move"),
+    Rule("reducers.cuh", "w[s] = keep[s] ? opfn::exp_(", "return exp(a);",
+         "no -inf score: every lane takes its exp", innermost=False),
+    # KMinOps::insert
+    Rule("reducers.cuh", "if (x != x) return;", "if (idx[K - 1] >= 0",
+         "no NaN candidate"),
+    Rule("reducers.cuh", "if (idx[K - 1] >= 0 && !(x < vals[K - 1])) return;",
+         "for (int d = 0; d < r.dim; ++d) insert(",
+         "the K-list is full and the candidate is no better: no insertion"),
+]
 
 
 def reference_setup(case: str, n: int = 1_000_000) -> Setup:
@@ -1078,6 +1103,8 @@ def module_interpreter_counts(nvdisasm: str, cuobjdump: str, module: str,
         result: dict[str, SubTileCount | str] = {
             c: f"CHECK: {module} holds no {arch} code" for c in cases}
         for cubin in cubins:
+            if all(isinstance(result[c], SubTileCount) for c in cases):
+                break
             text = disassemble_with_lines(nvdisasm, cubin)
             for case, count in interpreter_counts(text, cases).items():
                 if not isinstance(result.get(case), SubTileCount):
