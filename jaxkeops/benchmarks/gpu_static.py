@@ -207,8 +207,8 @@ def _count_interpreter(tools, cubins, found) -> None:
         row.per_pair = count.per_pair
         row.pairs = (f"{count.pairs} = one sub-tile (kSubTile), its path walked with the "
                      f"workload's program")
-        row.note = ("per sub-tile: " + ", ".join(f"{label} {n}"
-                                                  for label, n in count.parts.items()))
+        row.note = "per sub-tile: " + "; ".join(f"{label} {n}"
+                                                 for label, n in count.parts.items())
 
 
 def _loop_row(implementation, case, kernel, code, bytes_per_j, rows, known_rows=False) -> Row:

@@ -987,9 +987,9 @@ def walk_sub_tile(kernel: Kernel, setup: Setup, sources: dict[str, list[str]],
                 label = f"{walker.record_index}: {rec.name}"
                 seen.setdefault(walker.record_index, set()).update(ctx)
             elif walker.record_index is None:
-                label = "sub-tile loop head"
+                label = "loop head"
             else:
-                label = "result views, reducer, loop back"
+                label = "reducer and loop back"
             parts[label] = parts.get(label, 0) + 1
 
         walker.record_index = None
