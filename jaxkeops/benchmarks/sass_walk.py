@@ -7,7 +7,7 @@ this module follows the one path the kernel takes for a given program, as a hand
 
 1. the SASS comes with line info (`nvdisasm -gi` of a module built with -lineinfo), so that
    each instruction knows its source line and the chain of inlined calls around it;
-2. a small evaluator runs the integer part of the SASS along that path. Values are known
+2. an evaluator (sass_eval.py) runs the integer part of the SASS along that path. Values are known
    integers, symbolic pointers (a register's value at the walk's start plus a known offset) or
    unknown (float data, addresses nobody needs). What it knows: the kernel parameters
    (DevProgram, DevReduction, DevCall, DevGrid in constant bank 0, filled from the program as
@@ -17,7 +17,7 @@ this module follows the one path the kernel takes for a given program, as a hand
 3. every conditional branch is decided from those values (the opcode compare tree, the jump
    table, the vary tests, the dim loops and their unrolled remainders); a branch on data (a new
    running maximum, a K-list insertion) is decided by a `Rule` naming its source line and the
-   steady-state answer. A branch that neither decides raises `WalkError`: no made-up number;
+   steady-state side (by a source line that side reaches first). A branch that neither decides raises `WalkError`: no made-up number;
 4. the walk starts at the sub-tile loop's head (`pair_tile`, with l0 = 0 and a full j tile)
    and stops when it comes back: one sub-tile, every instruction issued on the way counted
    (predicated-off ones, BSSY/BSYNC and uniform ones included), divided by its kSubTile pairs.
@@ -33,31 +33,18 @@ import dataclasses
 import heapq
 import pathlib
 import re
-import struct
 import subprocess
 import tempfile
 
-import numpy as np
-
 from jaxkeops.benchmarks import cuda_tools, sass
+from jaxkeops.benchmarks.sass_eval import (  # noqa: F401  (WalkError: part of this API)
+    MASK, Machine, Sym, WalkError, is_predicate, split_operands)
 from jaxkeops.formula import CAT_I, CAT_J, Var
 from jaxkeops.ops import OPS, apply_op
 from jaxkeops.program import build_program
 
-MASK = 0xFFFFFFFF
 SUB_TILE = 16  # kSubTile (src/cuda/device_program.h): pairs per walked iteration
 PARAM_BASE = 0x210  # sm_90: kernel parameters start at c[0x0][0x210]
-
-
-class WalkError(RuntimeError):
-    """The walk cannot decide a branch (or meets code it does not model)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Sym:
-    """A pointer-like value: what register `base` held when the walk started, plus `off`."""
-    base: str
-    off: int = 0
 
 
 # ---------------------------------------------------------------- SASS with line info
@@ -267,65 +254,6 @@ def kernel_setup(program, reduction_family: int, state_size: int, dim: int, k: i
 
 # ---------------------------------------------------------------- the evaluator
 
-def _split_operands(text: str) -> list[str]:
-    text = text.split("(*", 1)[0]  # nvdisasm's annotations, e.g. BRANCH_TARGETS
-    parts, depth, cur = [], 0, ""
-    for ch in text:
-        if ch in "[(":
-            depth += 1
-        elif ch in "])":
-            depth -= 1
-        if ch == "," and depth == 0:
-            parts.append(cur.strip())
-            cur = ""
-        else:
-            cur += ch
-    if cur.strip():
-        parts.append(cur.strip())
-    return parts
-
-
-_REG = re.compile(r"^(-|~|!)?\|?(U?R(?:Z|\d+)|U?P(?:T|\d))(?:\.reuse|\.64|\.128|\.H0|\.H1|\.F32)*\|?$")
-_IMM = re.compile(r"^-?0x[0-9a-fA-F]+$|^-?\d+$")
-_CONST = re.compile(r"^c\[(0x[0-9a-fA-F]+)\]\[(?:(U?R\d+)\s*\+?\s*)?(-?0x[0-9a-fA-F]+)?\]$")
-_ADDRESS = re.compile(r"\[\s*(U?R(?:Z|\d+))?(?:\.64|\.U32)?\s*(?:\+\s*)?(U?R\d+)?\s*(?:\+\s*)?(-?0x[0-9a-fA-F]+)?\s*\]$")
-
-
-def _is_pred(op: str) -> bool:
-    return bool(re.match(r"^!?U?P(T|\d)$", op))
-
-
-def _next_reg(name: str, k: int) -> str:
-    m = re.match(r"(U?R)(\d+)$", name)
-    return f"{m.group(1)}{int(m.group(2)) + k}" if m else name
-
-
-def _add(a, b):
-    if isinstance(a, int) and isinstance(b, int):
-        return (a + b) & MASK
-    if isinstance(a, Sym) and isinstance(b, int):
-        return Sym(a.base, a.off + _signed(b))
-    if isinstance(b, Sym) and isinstance(a, int):
-        return Sym(b.base, b.off + _signed(a))
-    return None
-
-
-def _mul(a, b):
-    if isinstance(a, int) and isinstance(b, int):
-        return (a * b) & MASK
-    if isinstance(a, Sym) and b == 1:
-        return a
-    if isinstance(b, Sym) and a == 1:
-        return b
-    if a == 0 or b == 0:
-        return 0
-    return None
-
-
-def _signed(v: int) -> int:
-    return v - (1 << 32) if v & 0x80000000 else v
-
-
 @dataclasses.dataclass
 class Rule:
     """How to decide a branch on data the walk does not know (a float compare): the branch's
@@ -351,12 +279,11 @@ class Walker:
         self.rules = list(rules)
         self.labels = kernel.index_of_label()
         self.by_offset = {ins.offset: k for k, ins in enumerate(kernel.code)}
-        self.regs: dict[str, object] = {}
-        self.local: dict[object, object] = {}
+        self.machine = Machine(setup.params, setup.pointers, kernel.const2, self._read_record)
+        self.get, self.set = self.machine.get, self.machine.set
         self.records_base: str | None = None
         self.record_index: int | None = None  # the pair instruction being dispatched
         self.decisions: list[str] = []
-        self._pointer_offsets = setup.pointers
         self._dispatch_lines = self._function_lines("tile_interpreter.h",
                                                     ("run_pair_subtile", "view_of"))
 
@@ -385,315 +312,27 @@ class Walker:
         lines = self.sources.get(file, [])
         return lines[line - 1] if 0 < line <= len(lines) else ""
 
-    # -- values
-    def get(self, op: str):
-        op = op.strip()
-        m = _REG.match(op)
-        if m:
-            sign, name = m.group(1), m.group(2)
-            if name in ("RZ", "URZ"):
-                value = 0
-            elif name in ("PT", "UPT"):
-                value = True
-            else:
-                value = self.regs.get(name, Sym(name) if name[-1].isdigit() and "P" not in name
-                                      else None)
-            if sign == "!" and isinstance(value, bool):
-                return not value
-            if sign == "-" and isinstance(value, int) and not isinstance(value, bool):
-                return (-value) & MASK
-            if sign == "~" and isinstance(value, int) and not isinstance(value, bool):
-                return (~value) & MASK
-            return value if not sign else None
-        if _IMM.match(op):
-            return int(op, 16 if "x" in op else 10) & MASK
-        m = _CONST.match(op)
-        if m:
-            return self._const(int(m.group(1), 16), m.group(2), int(m.group(3) or "0", 16)
-                               if m.group(3) and not m.group(3).startswith("-") else
-                               -int(m.group(3)[1:], 16) if m.group(3) else 0)
-        return None
-
-    def _const(self, bank: int, reg: str | None, off: int, k: int = 0):
-        if reg is not None:
-            index = self.regs.get(reg)
-            if not isinstance(index, int) or isinstance(index, bool):
-                return None
-            off += _signed(index)
-        off += 4 * k
-        if bank == 0:
-            return self.setup.params.get(off, None) if off not in self._pointer_offsets else \
-                Sym(self._pointer_offsets[off])
-        if bank == 2 and 0 <= off <= len(self.k.const2) - 4:
-            return struct.unpack_from("<I", self.k.const2, off)[0]
-        return None
-
-    def set(self, name: str, value):
-        if name in ("RZ", "URZ", "PT", "UPT"):
-            return
-        self.regs[name] = value
-
-    def address(self, op: str):
-        """The address of a memory operand `[R4.64+0x10]` / `desc[UR8][R4.64]`."""
-        m = _ADDRESS.search(op)
-        if not m:
+    def _read_record(self, address: Sym, context):
+        """A load through the pair program's pointer: a word of a PairInstr record. The pointer
+        is the one the dispatch (run_pair_subtile, view_of) first loads through."""
+        if self.records_base is None and context and context[0][0] == "tile_interpreter.h" \
+                and context[0][1] in self._dispatch_lines:
+            self.records_base = address.base
+        if address.base != self.records_base:
             return None
-        base = self.get(m.group(1)) if m.group(1) else 0
-        if m.group(2):
-            base = _add(base, self.get(m.group(2)))
-        off = m.group(3)
-        return _add(base, int(off, 16) & MASK if not off.startswith("-") else
-                    (-int(off[1:], 16)) & MASK) if off else base
-
-    # -- one instruction
-    def step(self, ins: sass.Instruction, context) -> None:
-        guard = True
-        if ins.predicate:
-            guard = self.get(ins.predicate.lstrip("@"))
-        if guard is False:
-            return
-        ops = _split_operands(ins.operands)
-        dests = self._execute(ins, ops, context)
-        if guard is None:  # may or may not have run: whatever it wrote is unknown
-            for d in dests:
-                self.set(d, None)
-            if ins.base == "STL":
-                self.local.clear()
-
-    def _execute(self, ins, ops, context) -> list[str]:
-        """Applies the instruction; returns the registers/predicates it may have written."""
-        # Uniform-datapath instructions (UIADD3, ULDC...) compute as their vector twins.
-        base = ins.base[1:] if ins.base.startswith("U") else ins.base
-        mods = ins.opcode.split(".")[1:]
-        g = self.get
-        if base in ("BSSY", "BSYNC", "WARPSYNC", "NOP", "BAR", "BREAK", "YIELD", "DEPBAR",
-                    "BMOV", "BRA", "BRX", "EXIT") or not ops:
-            return []
-        d = ops[0]
-        if base in ("ST", "STG", "STS", "STL", "RED", "ATOM"):
-            if base == "STL":  # the thread's local memory is remembered word by word
-                addr = self.address(ops[0])
-                if addr is None:  # a store we cannot place: forget everything
-                    self.local.clear()
-                for k in range(_width(mods) if addr is not None else 0):
-                    self.local[_add(addr, 4 * k)] = g(_next_reg(ops[1].split(".")[0], k))
-            return []
-        if base in ("LD", "LDG", "LDS", "LDL", "LDC"):
-            width = _width(mods)
-            values = self._load(base, ops, width, context)
-            names = [_next_reg(d.split(".")[0], k) for k in range(width)]
-            for n, v in zip(names, values):
-                self.set(n, v)
-            return names
-        if base == "ISETP" or base == "PLOP3":
-            p, q = ops[0], ops[1]
-            if base == "ISETP":
-                r, nr = self._isetp(mods, ops)
-            else:
-                a, b, c = (g(o) for o in ops[2:5])
-                lut = int(ops[5], 16)
-                r = _lut_bool(lut, a, b, c)
-                nr = _lut_bool(int(ops[6], 16), a, b, c) if len(ops) > 6 else None
-            self.set(p, r)
-            self.set(q, nr)
-            return [p, q]
-        if _is_pred(d):  # FSETP, DSETP, R2P...: predicates we do not model
-            outs = [o for o in ops[:2] if _is_pred(o)]
-            for o in outs:
-                self.set(o, None)
-            return outs
-        dname = d.split(".")[0]
-        width = 2 if base.startswith("D") or "F64" in mods[:1] or base == "CS2R" else 1
-        value = self._arith(base, mods, ops, g)
-        if isinstance(value, tuple):  # (lo, hi) of a wide result
-            self.set(dname, value[0])
-            self.set(_next_reg(dname, 1), value[1])
-            written = [dname, _next_reg(dname, 1)]
-        else:
-            self.set(dname, value)
-            written = [dname]
-            if width == 2:
-                self.set(_next_reg(dname, 1), None)
-                written.append(_next_reg(dname, 1))
-        for extra in self._carry_outs(base, ops):
-            written.append(extra)
-        return written
-
-    def _carry_outs(self, base, ops) -> list[str]:
-        if base not in ("IADD3", "LEA", "IMAD"):
-            return []
-        return [o for o in ops[1:3] if _is_pred(o) and o not in ("PT",)]
-
-    def _load(self, base, ops, width, context) -> list:
-        if base == "LDC":
-            m = _CONST.match(ops[1].strip())
-            if not m:
-                return [None] * width
-            off = m.group(3)
-            off = (int(off, 16) if not off.startswith("-") else -int(off[1:], 16)) if off else 0
-            return [self._const(int(m.group(1), 16), m.group(2), off, k) for k in range(width)]
-        addr = self.address(ops[1])
-        if base == "LDL":
-            return [self.local.get(_add(addr, 4 * k)) if addr is not None else None
-                    for k in range(width)]
-        if isinstance(addr, Sym):
-            if self.records_base is None and base in ("LD", "LDS") and context and \
-                    context[0][0] == "tile_interpreter.h" and context[0][1] in self._dispatch_lines:
-                self.records_base = addr.base
-            if addr.base == self.records_base:
-                return [self._record_word(addr.off + 4 * k) for k in range(width)]
-        return [None] * width
-
-    def _record_word(self, off: int):
-        index, word = divmod(off, RECORD_BYTES)
+        index, word = divmod(address.off, RECORD_BYTES)
         if not 0 <= index < len(self.setup.records) or word % 4:
-            raise WalkError(f"a load from the pair program at byte {off} is outside its "
-                            f"{len(self.setup.records)} records")
+            raise WalkError(f"a load from the pair program at byte {address.off} is outside "
+                            f"its {len(self.setup.records)} records")
         self.record_index = index
         return self.setup.records[index].words()[word // 4] & MASK
-
-    def _isetp(self, mods, ops):
-        g = self.get
-        cmp = mods[0]
-        unsigned = "U32" in mods
-        ex = "EX" in mods
-        bop = next((m for m in mods if m in ("AND", "OR", "XOR")), "AND")
-        a, b, c = g(ops[2]), g(ops[3]), g(ops[4])
-        lo = g(ops[5]) if ex and len(ops) > 5 else None
-        if isinstance(a, Sym) and isinstance(b, Sym) and a.base == b.base:
-            a, b = a.off & MASK, b.off & MASK
-        if not (isinstance(a, int) and isinstance(b, int)) or isinstance(a, bool):
-            r = None
-        else:
-            x, y = (a, b) if unsigned else (_signed(a), _signed(b))
-            strict = {"LT": x < y, "LE": x < y, "GT": x > y, "GE": x > y, "EQ": False,
-                      "NE": x != y}[cmp]
-            plain = {"LT": x < y, "LE": x <= y, "GT": x > y, "GE": x >= y, "EQ": x == y,
-                     "NE": x != y}[cmp]
-            if ex:  # the high words of a 64-bit compare; `lo` is the low words' result
-                if lo is None:
-                    r = None
-                elif cmp == "EQ":
-                    r = x == y and lo
-                elif cmp == "NE":
-                    r = x != y or lo
-                else:
-                    r = strict or (x == y and lo)
-            else:
-                r = plain
-        return _combine(bop, r, c), _combine(bop, None if r is None else not r, c)
-
-    def _arith(self, base, mods, ops, g):
-        src = [g(o) for o in ops[1:]]
-        srcs_no_pred = [s for o, s in zip(ops[1:], src) if not _is_pred(o)]
-        if base in ("MOV", "R2UR"):
-            return src[0]
-        if base == "S2R" or base == "S2UR":
-            return 0 if ops[1] in ("SR_TID.X", "SR_CTAID.X", "SR_CgaCtaId") else None
-        if base == "HFMA2" and "MMA" in mods and ops[1] == "-RZ" and ops[2] == "RZ":
-            return (_half_bits(ops[3]) << 16) | _half_bits(ops[4]) \
-                if None not in (_half_bits(ops[3]), _half_bits(ops[4])) else None
-        if base == "IMAD" or base == "IMAD.MOV":
-            if "WIDE" in mods:
-                return self._imad_wide(mods, ops)
-            if "X" in mods:  # with carry-in: only known values
-                vals = srcs_no_pred[:3]
-                carry = g(ops[4]) if len(ops) > 4 else False
-                if all(isinstance(v, int) for v in vals) and isinstance(carry, bool):
-                    return (vals[0] * vals[1] + vals[2] + int(carry)) & MASK
-                return None
-            if "HI" in mods:
-                a, b, c = srcs_no_pred[:3]
-                if all(isinstance(v, int) for v in (a, b, c)):
-                    x, y = (a, b) if "U32" in mods else (_signed(a), _signed(b))
-                    return (((x * y) >> 32) + c) & MASK
-                return None
-            a, b, c = srcs_no_pred[:3]
-            return _add(_mul(a, b), c)  # IMAD.SHL shows the multiplier (0x4: shift by 2)
-        if base == "IADD3":
-            vals = [s for o, s in zip(ops[1:], src) if not _is_pred(o)][:3]
-            carries = [s for o, s in zip(ops[1:], src) if _is_pred(o)] if "X" in mods else []
-            total = 0
-            for v in vals:
-                total = _add(total, v)
-            for c in carries[-2:]:
-                total = _add(total, int(c)) if isinstance(c, bool) else None
-            self._set_carry(ops, vals, total)
-            return total
-        if base == "VIADD":
-            return _add(src[0], src[1])
-        if base in ("VIADDMNMX", "IMNMX", "VIMNMX"):
-            if base == "VIADDMNMX":
-                a, b, pick = _add(src[0], src[1]), src[2], src[3]
-            else:
-                a, b, pick = src[0], src[1], src[2]
-            if not (isinstance(a, int) and isinstance(b, int) and isinstance(pick, bool)):
-                return None
-            x, y = (a, b) if "U32" in mods else (_signed(a), _signed(b))
-            return (min(x, y) if pick else max(x, y)) & MASK
-        if base == "SEL":
-            p = src[2]
-            return None if p is None else src[0] if p else src[1]
-        if base == "LEA":
-            return self._lea(mods, ops, src)
-        if base == "SHF":
-            return _shf(mods, src)
-        if base == "LOP3":
-            vals = srcs_no_pred[:4]
-            if all(isinstance(v, int) for v in vals):
-                return _lut_int(vals[3], vals[0], vals[1], vals[2])
-            return None
-        if base == "SHL" and len(src) >= 2 and all(isinstance(v, int) for v in src[:2]):
-            return (src[0] << src[1]) & MASK
-        return None
-
-    def _set_carry(self, ops, vals, total):
-        outs = [o for o in ops[1:3] if _is_pred(o) and o != "PT"]
-        if not outs:
-            return
-        if all(isinstance(v, int) for v in vals):
-            carry = sum(vals) > MASK
-            self.set(outs[0], carry)
-            for o in outs[1:]:
-                self.set(o, None)
-        else:
-            for o in outs:
-                self.set(o, None)
-
-    def _imad_wide(self, mods, ops):
-        g = self.get
-        d, a, b, c = ops[0], g(ops[1]), g(ops[2]), ops[3]
-        c_lo = g(c)
-        c_hi = g(_next_reg(c.split(".")[0], 1)) if re.match(r"U?R\d", c) else \
-            (0 if isinstance(c_lo, int) and not c_lo & 0x80000000 else None)
-        if isinstance(a, int) and isinstance(b, int):
-            x, y = (a, b) if "U32" in mods else (_signed(a), _signed(b))
-            prod = x * y
-            if isinstance(c_lo, Sym):
-                return Sym(c_lo.base, c_lo.off + prod), None
-            if isinstance(c_lo, int) and isinstance(c_hi, int):
-                total = (c_hi << 32 | c_lo) + prod
-                return total & MASK, (total >> 32) & MASK
-        return None, None
-
-    def _lea(self, mods, ops, src):
-        vals = [(o, s) for o, s in zip(ops[1:], src) if not _is_pred(o)]
-        if "HI" in mods:
-            return None  # high words of 64-bit addresses: never needed for a branch
-        a, b, sh = vals[0][1], vals[1][1], vals[2][1]
-        if isinstance(a, int) and isinstance(sh, int):
-            value = _add((a << sh) & MASK, b)
-            if isinstance(b, int) and not isinstance(b, bool):
-                self._set_carry(ops, [(a << sh) & MASK, b], None)
-            return value
-        return None
 
     # -- the walk
     def decide(self, ins: sass.Instruction, index: int):
         """Whether a conditional branch is taken."""
         guard = self.get(ins.predicate.lstrip("@"))
-        ops = _split_operands(ins.operands)
-        extra = ops[0] if ops and _is_pred(ops[0]) else None  # `@P0 BRA P3, target`
+        ops = split_operands(ins.operands)
+        extra = ops[0] if ops and is_predicate(ops[0]) else None  # `@P0 BRA P3, target`
         taken = guard
         if extra is not None and guard is not False:
             e = self.get(extra)
@@ -749,8 +388,8 @@ class Walker:
             elif ins.base == "BRA":
                 if ins.target in self.labels:
                     nexts.append(self.labels[ins.target])
-                if ins.conditional or (_split_operands(ins.operands)[:1] and
-                                       _is_pred(_split_operands(ins.operands)[0])):
+                if ins.conditional or (split_operands(ins.operands)[:1] and
+                                       is_predicate(split_operands(ins.operands)[0])):
                     nexts.append(k + 1)
             else:
                 nexts.append(k + 1)
@@ -784,7 +423,7 @@ class Walker:
                 continue
             if ins.base == "BRA":
                 taken = True if not ins.conditional and not \
-                    (_split_operands(ins.operands)[:1] and _is_pred(_split_operands(ins.operands)[0])) \
+                    (split_operands(ins.operands)[:1] and is_predicate(split_operands(ins.operands)[0])) \
                     else self.decide(ins, k)
                 if taken:
                     if ins.target not in self.labels:
@@ -793,11 +432,11 @@ class Walker:
                     continue
                 k += 1
                 continue
-            self.step(ins, self.k.context[k])
+            self.machine.step(ins, self.k.context[k])
             k += 1
 
     def _indirect(self, ins, k) -> int:
-        ops = _split_operands(ins.operands)
+        ops = split_operands(ins.operands)
         parts = ops[0].split()
         value = self.get(parts[0])
         rel = int(parts[1], 16) if len(parts) > 1 and not parts[1].startswith("-") else \
@@ -821,55 +460,6 @@ class Walker:
 
 _CONTROL = ("BSSY", "BSYNC", "BRA", "BRX", "NOP", "WARPSYNC", "BMOV", "BREAK", "EXIT", "RET",
             "JMP", "JMX")
-
-
-def _width(mods: list[str]) -> int:
-    return 4 if "128" in mods else 2 if "64" in mods else 1
-
-
-def _combine(bop, r, c):
-    if bop == "AND":
-        return False if r is False or c is False else (None if r is None or c is None else True)
-    if bop == "OR":
-        return True if r is True or c is True else (None if r is None or c is None else False)
-    return None if r is None or c is None else r != c
-
-
-def _lut_bool(lut: int, a, b, c):
-    if any(v is None for v in (a, b, c)):
-        return None
-    return bool(lut >> ((int(a) << 2) | (int(b) << 1) | int(c)) & 1)
-
-
-def _lut_int(lut: int, a: int, b: int, c: int) -> int:
-    r = 0
-    for i in range(8):
-        if lut >> i & 1:
-            r |= (a if i & 4 else ~a) & (b if i & 2 else ~b) & (c if i & 1 else ~c)
-    return r & MASK
-
-
-def _shf(mods, src):
-    if not all(isinstance(v, int) for v in src[:3]):
-        return None
-    lo, sh, hi = src[0], src[1] & 63, src[2]
-    if "L" in mods:
-        wide = ((hi << 32) | lo) << sh
-        return (wide >> 32) & MASK if "HI" in mods else wide & MASK
-    if "S32" in mods:
-        wide = (_signed(hi) << 32) | lo
-    else:
-        wide = (hi << 32) | lo
-    return (wide >> (sh + (0 if "HI" not in mods else 32))) & MASK if "HI" in mods else \
-        (wide >> sh) & MASK
-
-
-def _half_bits(text: str) -> int | None:
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    return int(np.array(value, dtype=np.float16).view(np.uint16))
 
 
 # ---------------------------------------------------------------- one sub-tile of pair_tile
@@ -911,13 +501,13 @@ def _seed_loop_registers(kernel: Kernel, head: int, latch: int) -> tuple[str, st
     l0 = nv = None
     for k in range(latch, max(head, latch - 12), -1):
         ins = kernel.code[k]
-        ops = _split_operands(ins.operands)
+        ops = split_operands(ins.operands)
         if ins.base in ("VIADD", "IADD3") and len(ops) >= 3 and ops[0] == ops[1] and \
                 ops[2] in (hex(SUB_TILE), str(SUB_TILE)):
             l0 = ops[0]
     for k in range(latch, max(head, latch - 12), -1):
         ins = kernel.code[k]
-        ops = _split_operands(ins.operands)
+        ops = split_operands(ins.operands)
         if ins.base == "ISETP" and l0 in ops[2:4]:
             nv = ops[3] if ops[2] == l0 else ops[2]
     if l0 is None or nv is None:
