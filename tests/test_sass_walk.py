@@ -26,7 +26,7 @@ LISTING = """
         /*0050*/                   IMAD.SHL.U32 R5, R5, 0x4, RZ ;
         /*0060*/                   LDC R6, c[0x2][R5] ;
 .L_x_7:
-        /*0070*/                   BRX R6 -0x80                                      (*"BRANCH_TARGETS .L_x_1,.L_x_2,.L_x_3"*);
+        /*0070*/                   BRX R6 -0x80  (*"BRANCH_TARGETS .L_x_1,.L_x_2,.L_x_3"*);
         /*0080*/                   NOP ;
 .L_x_1:
         /*0090*/                   FMUL R11, R12, R13 ;
@@ -65,7 +65,8 @@ LISTING = """
         /*01b0*/                   EXIT ;
 	.section	.nv.constant2.k,"a",@progbits
 .nv.constant2.k:
-        /*0000*/ 	.byte	""" + ", ".join(f"0x{b:02x}" for v in _TABLE for b in v.to_bytes(4, "little")) + """
+        /*0000*/ 	.byte	""" + ", ".join(f"0x{b:02x}" for v in _TABLE
+                                            for b in v.to_bytes(4, "little")) + """
 """
 
 SOURCES = {"tile_interpreter.h": [

@@ -53,10 +53,13 @@ def split_operands(text: str) -> list[str]:
     return parts
 
 
-_REG = re.compile(r"^(-|~|!)?\|?(U?R(?:Z|\d+)|U?P(?:T|\d))(?:\.reuse|\.64|\.128|\.H0|\.H1|\.F32)*\|?$")
+_REG = re.compile(r"^(-|~|!)?\|?(U?R(?:Z|\d+)|U?P(?:T|\d))"
+                  r"(?:\.reuse|\.64|\.128|\.H0|\.H1|\.F32)*\|?$")
 _IMM = re.compile(r"^-?0x[0-9a-fA-F]+$|^-?\d+$")
 _CONST = re.compile(r"^c\[(0x[0-9a-fA-F]+)\]\[(?:(U?R\d+)\s*\+?\s*)?(-?0x[0-9a-fA-F]+)?\]$")
-_ADDRESS = re.compile(r"\[\s*(U?R(?:Z|\d+))?(?:\.64|\.U32)?\s*(?:\+\s*)?(U?R\d+)?\s*(?:\+\s*)?(-?0x[0-9a-fA-F]+)?\s*\]$")
+# A memory operand's last bracket: [R4.64+0x10], [R1+UR4+-0x8]...
+_ADDRESS = re.compile(r"\[\s*(U?R(?:Z|\d+))?(?:\.64|\.U32)?\s*(?:\+\s*)?(U?R\d+)?\s*"
+                      r"(?:\+\s*)?(-?0x[0-9a-fA-F]+)?\s*\]$")
 
 
 def is_predicate(op: str) -> bool:

@@ -17,7 +17,8 @@ this module follows the one path the kernel takes for a given program, as a hand
 3. every conditional branch is decided from those values (the opcode compare tree, the jump
    table, the vary tests, the dim loops and their unrolled remainders); a branch on data (a new
    running maximum, a K-list insertion) is decided by a `Rule` naming its source line and the
-   steady-state side (by a source line that side reaches first). A branch that neither decides raises `WalkError`: no made-up number;
+   steady-state side (by a source line that side reaches first). A branch that neither
+   decides raises `WalkError`: no made-up number;
 4. the walk starts at the sub-tile loop's head (`pair_tile`, with l0 = 0 and a full j tile)
    and stops when it comes back: one sub-tile, every instruction issued on the way counted
    (predicated-off ones, BSSY/BSYNC and uniform ones included), divided by its kSubTile pairs.
@@ -57,7 +58,9 @@ _BYTES = re.compile(r"^\s*/\*[0-9a-fA-F]+\*/\s+\.byte\s+(.*)$")
 @dataclasses.dataclass
 class Kernel:
     code: list[sass.Instruction]
-    context: list[tuple[tuple[str, int], ...]]  # per instruction: (file name, line), innermost first
+    # per instruction: its (file name, line) and those of the calls it is inlined in, innermost
+    # first
+    context: list[tuple[tuple[str, int], ...]]
     const2: bytes = b""
     files: dict[str, str] = dataclasses.field(default_factory=dict)  # file name -> path seen
 
@@ -328,15 +331,14 @@ class Walker:
         return self.setup.records[index].words()[word // 4] & MASK
 
     # -- the walk
-    def decide(self, ins: sass.Instruction, index: int):
-        """Whether a conditional branch is taken."""
-        guard = self.get(ins.predicate.lstrip("@"))
-        ops = split_operands(ins.operands)
-        extra = ops[0] if ops and is_predicate(ops[0]) else None  # `@P0 BRA P3, target`
-        taken = guard
-        if extra is not None and guard is not False:
+    def decide(self, ins: sass.Instruction, index: int) -> bool:
+        """Whether a branch is taken: its guard predicate and, in `@P0 BRA P3, target`, the
+        second one must both hold."""
+        guard, extra = _conditions(ins)
+        taken = True if guard is None else self.get(guard)
+        if extra is not None and taken is not False:
             e = self.get(extra)
-            taken = False if e is False else (guard if e is True else None)
+            taken = False if e is False else (taken if e is True else None)
         if taken is not None:
             return taken
         context = self.k.context[index]
@@ -388,8 +390,7 @@ class Walker:
             elif ins.base == "BRA":
                 if ins.target in self.labels:
                     nexts.append(self.labels[ins.target])
-                if ins.conditional or (split_operands(ins.operands)[:1] and
-                                       is_predicate(split_operands(ins.operands)[0])):
+                if _conditions(ins) != (None, None):
                     nexts.append(k + 1)
             else:
                 nexts.append(k + 1)
@@ -422,10 +423,7 @@ class Walker:
                 k = self._indirect(ins, k)
                 continue
             if ins.base == "BRA":
-                taken = True if not ins.conditional and not \
-                    (split_operands(ins.operands)[:1] and is_predicate(split_operands(ins.operands)[0])) \
-                    else self.decide(ins, k)
-                if taken:
+                if self.decide(ins, k):
                     if ins.target not in self.labels:
                         raise WalkError(f"branch target of /*{ins.offset:04x}*/ not found")
                     k = self.labels[ins.target]
@@ -456,6 +454,13 @@ class Walker:
                             f"instruction")
         self.decisions.append(f"BRX /*{ins.offset:04x}*/ -> /*{target:04x}*/")
         return self.by_offset[target]
+
+
+def _conditions(ins: sass.Instruction) -> tuple[str | None, str | None]:
+    """A branch's guard predicate (None: always) and second predicate operand, if any."""
+    ops = split_operands(ins.operands)
+    extra = ops[0] if ops and is_predicate(ops[0]) else None
+    return (ins.predicate.lstrip("@") if ins.conditional else None), extra
 
 
 _CONTROL = ("BSSY", "BSYNC", "BRA", "BRX", "NOP", "WARPSYNC", "BMOV", "BREAK", "EXIT", "RET",
