@@ -4,7 +4,8 @@ built CUDA module when nvdisasm and a module built with -lineinfo are present.""
 
 import pytest
 
-from jaxkeops.benchmarks import cuda_tools, gpu_static, sass_walk
+from jaxkeops.benchmarks import cuda_tools, gpu_static, sass, sass_walk
+from jaxkeops.benchmarks.sass_eval import Machine, Sym
 
 # A dispatch loop over the pair records (68 bytes each, pointer R20): the opcode picks a case
 # through a jump table in constant bank 2 (opcode 5 -> .L_x_1, 6 -> .L_x_2, 7 -> .L_x_3); case 7
@@ -179,3 +180,42 @@ def test_the_built_interpreter_issues_at_most_60_instructions_per_gaussian_pair(
     assert count.per_pair <= 60
     assert count.instructions == pytest.approx(840, rel=0.03)
     assert set(count.parts) >= {"0: SqDist", "1: Minus", "2: Exp", "3: Mult"}
+
+
+def test_evaluator_integer_semantics():
+    """The instructions the interpreter's control flow goes through, on known values: each
+    would send a walk down the wrong case if it were off (IMAD.SHL shows a multiplier, not a
+    shift count; min/max picks by its predicate; 64-bit compares chain through .EX)."""
+    lines = [
+        "IMAD.SHL.U32 R1, R0, 0x4, RZ",
+        "VIADDMNMX.U32 R2, R0, 0xfffffffe, R3, PT",
+        "VIADDMNMX.U32 R22, R0, 0xfffffffe, R3, !PT",
+        "LEA R4, R0, R5, 0x2",
+        "SHF.R.S32.HI R6, RZ, 0x1f, R7",
+        "LOP3.LUT R8, R9, R11, RZ, 0xc0, !PT",
+        "ISETP.LT.U32.AND P0, PT, R14, R15, PT",
+        "ISETP.LT.AND.EX P0, PT, R16, R17, PT, P0",
+        "IMAD.WIDE R10, R0, 0x44, R20",
+        "HFMA2.MMA R12, -RZ, RZ, 0, 5.9604644775390625e-08",
+        "LDC R13, c[0x0][0x24c]",
+        "ISETP.GT.AND P1, PT, R13, 0x3, PT",
+        "SEL R18, R0, R3, P1",
+        "PLOP3.LUT P2, PT, PT, PT, PT, 0x8, 0x0",
+        "IADD3 R19, P3, R7, R7, RZ",
+        "IADD3.X R23, RZ, RZ, RZ, P3, !PT",
+    ]
+    listing = "\n".join([".text.t:"] + [f"        /*{16 * k:04x}*/ {line} ;"
+                                         for k, line in enumerate(lines)])
+    code = sass.parse(listing)["t"]
+    m = Machine({0x24c: 4}, {}, b"")
+    for name, value in {"R0": 3, "R3": 2, "R5": 0x100, "R7": 0x80000000, "R9": 0b1100,
+                        "R11": 0b1010, "R14": 5, "R15": 1, "R16": 0xFFFFFFFF, "R17": 0}.items():
+        m.set(name, value)
+    for ins in code:
+        m.step(ins)
+    assert m.get("R1") == 12 and m.get("R2") == 1 and m.get("R22") == 2
+    assert m.get("R4") == 0x10C and m.get("R6") == 0xFFFFFFFF and m.get("R8") == 0b1000
+    assert m.get("P0") is True  # (-1 << 32) + 5 < 1 as signed 64-bit
+    assert m.get("R10") == Sym("R20", 3 * 0x44) and m.get("R12") == 1 and m.get("R13") == 4
+    assert m.get("P1") is True and m.get("R18") == 3 and m.get("P2") is False
+    assert m.get("R19") == 0 and m.get("P3") is True and m.get("R23") == 1  # carry
