@@ -414,24 +414,26 @@ class Walker:
                                 f"within {limit} instructions")
             ins = code[k]
             count += 1
-            if on_instruction:
+            next_k = self._execute(ins, k)
+            if on_instruction:  # after the instruction: a record load counts for its record
                 on_instruction(k, ins)
-            if ins.base in ("CALL", "RET", "EXIT", "JMP", "JMX", "KILL"):
-                raise WalkError(f"{ins.opcode} at /*{ins.offset:04x}*/ on the walked path: "
-                                f"not modelled")
-            if ins.base == "BRX":
-                k = self._indirect(ins, k)
-                continue
-            if ins.base == "BRA":
-                if self.decide(ins, k):
-                    if ins.target not in self.labels:
-                        raise WalkError(f"branch target of /*{ins.offset:04x}*/ not found")
-                    k = self.labels[ins.target]
-                    continue
-                k += 1
-                continue
-            self.machine.step(ins, self.k.context[k])
-            k += 1
+            k = next_k
+
+    def _execute(self, ins: sass.Instruction, k: int) -> int:
+        """Runs instruction k; returns the index of the next one."""
+        if ins.base in ("CALL", "RET", "EXIT", "JMP", "JMX", "KILL"):
+            raise WalkError(f"{ins.opcode} at /*{ins.offset:04x}*/ on the walked path: "
+                            f"not modelled")
+        if ins.base == "BRX":
+            return self._indirect(ins, k)
+        if ins.base == "BRA":
+            if not self.decide(ins, k):
+                return k + 1
+            if ins.target not in self.labels:
+                raise WalkError(f"branch target of /*{ins.offset:04x}*/ not found")
+            return self.labels[ins.target]
+        self.machine.step(ins, self.k.context[k])
+        return k + 1
 
     def _indirect(self, ins, k) -> int:
         ops = split_operands(ins.operands)
