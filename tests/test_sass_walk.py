@@ -219,3 +219,16 @@ def test_evaluator_integer_semantics():
     assert m.get("R10") == Sym("R20", 3 * 0x44) and m.get("R12") == 1 and m.get("R13") == 4
     assert m.get("P1") is True and m.get("R18") == 3 and m.get("P2") is False
     assert m.get("R19") == 0 and m.get("P3") is True and m.get("R23") == 1  # carry
+
+
+def test_interpreter_counts_say_check_instead_of_a_number():
+    """What the benchmark prints when the walk cannot count: a CHECK sentence, no number."""
+    assert sass_walk.interpreter_counts(LISTING, ("gaussian",))["gaussian"].startswith(
+        "CHECK: no reduce_kernel<float, SumOps>")
+    kernel = "_ZN8jaxkeops4cuda13reduce_kernelIfNS0_6SumOpsEEEvv"  # reduce_kernel<float, SumOps>
+    bare = LISTING.replace(".text.k", f".text.{kernel}").replace(".constant2.k", ".constant2.x")
+    no_lines = "\n".join(line for line in bare.splitlines() if "//##" not in line)
+    counts = sass_walk.interpreter_counts(no_lines, ("gaussian",))
+    assert counts["gaussian"].startswith("CHECK: the module has no line info")
+    counts = sass_walk.interpreter_counts(bare, ("gaussian",))  # no pair_tile loop in it
+    assert counts["gaussian"].startswith("CHECK: walk failed: pair_tile's sub-tile loop")
