@@ -92,6 +92,8 @@ def parse_with_lines(text: str) -> dict[str, Kernel]:
             in_comment = True
             continue
         in_comment = False
+        if stripped.startswith(".section"):  # a jump table lasts until the next section
+            const_target = None
         m = sass._SECTION.match(line)
         if m:
             current = kernels.setdefault(m.group(1), Kernel([], []))
