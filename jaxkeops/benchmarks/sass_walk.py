@@ -238,12 +238,13 @@ def kernel_setup(program, reduction_family: int, state_size: int, dim: int, k: i
     # DevCall
     lay.ptr("c.inputs", 64)
     lay.i64(*([0] * 64 * 4), *([1] + [0] * 3))  # in_stride, batch_dims
-    lay.i32(0, 2 if pick == 2 else 1)  # batch_rank, n_outputs
+    outputs = {0: [0], 1: [1], 2: [0, 1]}[pick] if reduction_family >= 2 else [0]
+    lay.i32(0, len(outputs))  # batch_rank, n_outputs
     lay.i64(1, n, n)  # batch_count, n_outer, n_inner
-    for _ in range(2):
+    for out_type in (outputs + [0])[:2]:  # DevOutput: data, width, type (value or int32)
         lay.ptr("c.outs.data")
-        lay.i64(1)
-        lay.i32(0)
+        lay.i64(dim * k)
+        lay.i32(out_type)
         lay.end_struct()
     lay.end_struct()
     # DevGrid
@@ -257,7 +258,7 @@ def kernel_setup(program, reduction_family: int, state_size: int, dim: int, k: i
     return Setup(records, {**driver, **lay.words}, tile, dict(lay.pointers))
 
 
-# ---------------------------------------------------------------- the evaluator
+# ---------------------------------------------------------------- the walk
 
 @dataclasses.dataclass
 class Rule:
