@@ -574,10 +574,13 @@ def walk_sub_tile(kernel: Kernel, setup: Setup, sources: dict[str, list[str]],
     walker = Walker(kernel, setup, sources, rules)
     walker.set(l0, 0)
     walker.set(nv, setup.tile)
-    counts, parts = [], {}
-    for sub_tile in range(2):
-        parts = {}
-        dispatch = walker._function_lines("tile_interpreter.h", ("run_pair_subtile",))
+    dispatch = walker._function_lines("tile_interpreter.h", ("run_pair_subtile",))
+    counts: list[int] = []
+    parts: dict[str, int] = {}  # where the instructions of the sub-tile go
+    seen: dict[int, set] = {}  # the source lines each pair instruction's part ran
+    for _ in range(2):
+        parts.clear()
+        seen.clear()
 
         def account(k, ins):
             ctx = kernel.context[k]
@@ -593,13 +596,12 @@ def walk_sub_tile(kernel: Kernel, setup: Setup, sources: dict[str, list[str]],
             parts[label] = parts.get(label, 0) + 1
 
         walker.record_index = None
-        seen: dict[int, set] = {}
         counts.append(walker.run(head, head, on_instruction=account))
         _check_op_code_ran(setup, seen, sources)
     if counts[0] != counts[1]:
         raise WalkError(f"the first two sub-tiles issue {counts[0]} and {counts[1]} "
                         f"instructions: not a steady state")
-    return SubTileCount(counts[1], SUB_TILE, parts, walker.decisions,
+    return SubTileCount(counts[1], SUB_TILE, dict(parts), walker.decisions,
                         kernel.code[head].offset)
 
 
