@@ -457,6 +457,11 @@ class Walker:
         if target not in self.by_offset:
             raise WalkError(f"BRX /*{ins.offset:04x}*/ jumps to /*{target:04x}*/, not an "
                             f"instruction")
+        listed = re.search(r'BRANCH_TARGETS ([^"]*)"', ins.operands)
+        label = self.k.code[self.by_offset[target]].label
+        if listed and label not in listed.group(1).split(","):
+            raise WalkError(f"BRX /*{ins.offset:04x}*/ jumps to /*{target:04x}*/, not one of "
+                            f"the targets nvdisasm lists ({listed.group(1)})")
         self.decisions.append(f"BRX /*{ins.offset:04x}*/ -> /*{target:04x}*/")
         return self.by_offset[target]
 
