@@ -194,7 +194,10 @@ class Machine:
                     "BMOV", "BRA", "BRX", "EXIT") or not ops:
             return []
         d = ops[0]
-        if base in ("ST", "STG", "STS", "STL", "RED", "ATOM"):
+        if base in ("ATOM", "ATOMS", "ATOMG"):  # returns the old value: unknown
+            self.set(d.split(".")[0], None)
+            return [d.split(".")[0]]
+        if base in ("ST", "STG", "STS", "STL", "RED"):
             if base == "STL":  # the thread's local memory is remembered word by word
                 addr = self.address(ops[0])
                 if addr is None:  # a store we cannot place: forget everything
