@@ -282,6 +282,7 @@ UNSUPPORTED = {
 class _Parser:
     def __init__(self, text: str, names: dict[str, Node]):
         self.text, self.names = text, names
+        self.written: list[Var] = []  # every Var(...) / Vi(...) written, even if it cancels out
         self.tokens = _tokenize(text)
         self.k = 0
 
@@ -499,7 +500,9 @@ class _Parser:
         ints = [self._int(v, p, f"argument {k + 1} of {usage}") for k, (v, p) in enumerate(args)]
         index, dim = ints[0], ints[1]
         cat = ints[2] if name == "Var" else CATEGORIES[name]
-        return _make_var(index, dim, cat, self.text, pos, usage)
+        var = _make_var(index, dim, cat, self.text, pos, usage)
+        self.written.append(var)
+        return var
 
 
 def _describe(value) -> str:
@@ -519,11 +522,18 @@ def _make_var(index: int, dim: int, cat: int, text: str, pos: int, usage: str) -
     return Var(index, dim, cat)
 
 
-def parse_formula(text: str, names: dict[str, Node] | None = None) -> Node:
-    """The formula IR of a KeOps formula string; `names` maps aliases to their variables."""
+def parse_formula(text: str, names: dict[str, Node] | None = None,
+                  written: list | None = None) -> Node:
+    """The formula IR of a KeOps formula string; `names` maps aliases to their variables.
+    `written` (if given) receives every Var(...) written in the string: they are arguments of
+    the call even when the formula no longer uses them (a Grad that vanishes), as in KeOps."""
     if not isinstance(text, str):
         raise TypeError(f"formula is a {type(text).__name__}; expected a string")
-    return _Parser(text, dict(names or {})).parse()
+    parser = _Parser(text, dict(names or {}))
+    formula = parser.parse()
+    if written is not None:
+        written.extend(parser.written)
+    return formula
 
 
 # --- aliases ---------------------------------------------------------------------------------------
@@ -605,10 +615,12 @@ def parse_aliases(aliases) -> dict[str, Var]:
     return out
 
 
-def signature(formulas, names: dict[str, Var]) -> Signature:
-    """Check that every argument position 0..n-1 is declared once, consistently."""
+def signature(formulas, names: dict[str, Var], written=()) -> Signature:
+    """Check that every argument position 0..n-1 is declared once, consistently (by an alias,
+    a variable of the formulas or one `written` in them)."""
     by_index: dict[int, Var] = {}
-    for var in list(names.values()) + variables(f for f in formulas if f is not None):
+    for var in (list(names.values()) + variables(f for f in formulas if f is not None)
+                + list(written)):
         seen = by_index.get(var.index)
         if seen is not None and seen != var:
             raise ValueError(f"argument {var.index} is declared both as {seen!r} and as {var!r} "

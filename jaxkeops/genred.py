@@ -21,7 +21,8 @@ import jax.numpy as jnp
 
 from jaxkeops.call_options import CALL_OPTIONS, RANGES_MESSAGE, check_options, warn_once
 from jaxkeops.formula import CAT_I, CAT_J, CAT_P, Var, substitute, variables
-from jaxkeops.formula_string import alias_category, parse_aliases, parse_formula, signature
+from jaxkeops.formula_string import (alias_category, parse_alias, parse_aliases, parse_formula,
+                                      signature)
 from jaxkeops.keops_names import REDUCTION_NAMES, reduce_by_keops_name
 
 
@@ -47,9 +48,10 @@ class _StringFormula:
         if isinstance(aliases, str):
             aliases = [aliases]
         names = parse_aliases(list(aliases))
-        self.formula = parse_formula(formula, names)
-        self.formula2 = None if formula2 is None else parse_formula(formula2, names)
-        self.signature = signature([self.formula, self.formula2], names)
+        written: list[Var] = []
+        self.formula = parse_formula(formula, names, written)
+        self.formula2 = None if formula2 is None else parse_formula(formula2, names, written)
+        self.signature = signature([self.formula, self.formula2], names, written)
         self.labels = {v.index: name for name, v in self.signature.names.items()}
 
     def describe(self, var: Var) -> str:
@@ -90,7 +92,9 @@ class _StringFormula:
                 sizes[var.cat] = n
             arrays.append(x)
         # Only the variables the formulas use become operands (an unused alias still sets M or N).
+        # A formula of constants only (e.g. a Grad that vanishes) keeps every array, for the dtype.
         used = [v.index for v in variables([f for f in (self.formula, self.formula2) if f])]
+        used = used or list(range(len(spec)))
         renumber = {old: new for new, old in enumerate(used)}
         operands = [_Variable(arrays[k], spec[k].cat) for k in used]
 
@@ -188,9 +192,11 @@ def generic_argmin(formula: str, output: str, *aliases, **kwargs) -> Genred:
     return _generic("ArgMin", formula, output, aliases, kwargs)
 
 
-def generic_argkmin(formula: str, output: str, K: int, *aliases, **kwargs) -> Genred:
-    """Genred with an ArgKMin reduction of K; `output` gives the axis."""
-    return _generic("ArgKMin", formula, output, aliases, kwargs, opt_arg=K)
+def generic_argkmin(formula: str, output: str, *aliases, **kwargs) -> Genred:
+    """Genred with an ArgKMin reduction; `output` ("a = Vi(K)" or "a = Vj(K)") gives the axis
+    and, by its dimension, K (as pykeops)."""
+    return _generic("ArgKMin", formula, output, aliases, kwargs,
+                    opt_arg=parse_alias(output, 0)[1].dim)
 
 
 class KernelSolve:

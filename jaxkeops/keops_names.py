@@ -91,7 +91,10 @@ def max_sumshiftexp(lazy, weight, axis: int, method: str, options: dict):
     if has_placeholders(lazy.variables):
         raise NotImplementedError(f"{method}: Max_SumShiftExp needs arrays, not placeholders")
     over_j = axis - len(lazy.batch_shape) == 1
-    m = lazy.max(axis, **options)  # (*batch, n_outer, 1)
+    # The accumulation options concern the sum; the max takes the others.
+    max_options = {k: v for k, v in options.items()
+                   if k not in ("dtype_acc", "use_double_acc", "sum_scheme")}
+    m = lazy.max(axis, **max_options)  # (*batch, n_outer, 1)
     shift = LazyTensor(m[..., :, None, :] if over_j else m[..., None, :, :])
     terms = (lazy - shift).exp()
     if weight is not None:

@@ -224,6 +224,10 @@ def test_grad_operation_in_a_formula_string(rng):
         return ((-Vi(x).sqdist(Vj(y))).exp() * Vj(b) * Vi(e)).sum(-1).sum(1).sum()
 
     np.testing.assert_allclose(out, jax.grad(energy)(x), rtol=1e-10, atol=1e-12)
+    # A second Grad that vanishes: zeros, and the Var(...) written still count as arguments.
+    g = Genred("Grad(Grad(x + Var(1, 3, 1), x, Var(2, 3, 0)), x, Var(3, 3, 0))", ["x = Vi(3)"],
+               axis=1)
+    np.testing.assert_array_equal(g(x, y, x, x), np.zeros((M, 3)))
 
 
 @pytest.mark.parametrize("axis", [0, 1])
@@ -266,7 +270,7 @@ def test_generic_functions(rng):
     np.testing.assert_array_equal(generic_argmin(f, "a = Vi(1)", "x = Vi(3)", "y = Vj(3)")(x, y),
                                   D.argmin(1))
     np.testing.assert_array_equal(
-        generic_argkmin(f, "a = Vi(4)", 4, "x = Vi(3)", "y = Vj(3)")(x, y), D.argKmin(4, 1))
+        generic_argkmin(f, "a = Vi(4)", "x = Vi(3)", "y = Vj(3)")(x, y), D.argKmin(4, 1))
 
 
 def test_placeholders(rng):
