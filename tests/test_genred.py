@@ -246,6 +246,13 @@ def test_kernel_solve_against_numpy(axis, rng):
     K = (-Vi(z).sqdist(Vj(z))).exp() * var
     rhs = Vi(b) if axis == 1 else Vj(b)
     np.testing.assert_allclose(K.solve(rhs, var=var, alpha=0.3, eps=1e-12), a, rtol=1e-10)
+    # jit, and the gradient in b: d/db Σ (A⁻¹ b) w = A⁻ᵀ w, A symmetric.
+    w = rng.normal(size=(n, 3))
+    jitted = jax.jit(lambda z, b, alpha: solver(z, z, b, alpha=alpha, eps=1e-12))
+    np.testing.assert_allclose(jitted(z, b, 0.3), a, rtol=1e-10)
+    grad_b = jax.grad(lambda b: jnp.sum(solver(z, z, b, alpha=0.3, eps=1e-12) * w))(b)
+    np.testing.assert_allclose(grad_b, np.linalg.solve(Kd + 0.3 * np.eye(n), w), rtol=1e-8,
+                               atol=1e-10)
 
 
 def test_kernel_solve_errors():
@@ -416,3 +423,6 @@ def test_keywords_accepted_warned_or_refused(rng):
         K.sum(1, out=jnp.zeros((M, 1), jnp.float32))
     pending = K.sum(1, call=False)
     np.testing.assert_array_equal(pending(), ref)
+    with pytest.raises(NotImplementedError, match="block-sparse"):
+        K.ranges = (np.zeros((1, 2), np.int32),) * 6
+    assert K.ranges is None
