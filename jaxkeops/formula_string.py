@@ -180,13 +180,25 @@ def _kron(a, b, dimfa, dimfb):
     return _tensordot(a, b, dimfa, dimfb, (), (), perm)
 
 
+def _sqnorm_iso(s, x):  # s |x|²
+    return apply_op("Mult", (s, apply_op("SqNorm2", (x,))))
+
+
+def _sqnorm_diag(s, x):  # Σ_k s_k x_k²
+    return apply_op("Sum", (apply_op("Mult", (s, apply_op("Square", (x,)))),))
+
+
+def _sym_sqnorm(a, x):  # Σ_kl a_kl x_k x_l, as KeOps: Sum(a * TensorProd(x, x))
+    return apply_op("Sum", (apply_op("Mult", (a, _tensorprod(x, x))),))
+
+
 def _weighted_sqnorm(s, x):  # KeOps' dispatch on the weights' dimension
     if s.dim == 1:
-        return apply_op("Mult", (s, apply_op("SqNorm2", (x,))))  # SqNormIso
+        return _sqnorm_iso(s, x)
     if s.dim == x.dim:
-        return apply_op("Sum", (apply_op("Mult", (s, apply_op("Square", (x,)))),))  # SqNormDiag
+        return _sqnorm_diag(s, x)
     if s.dim == x.dim * x.dim:
-        return apply_op("Sum", (apply_op("Mult", (s, _tensorprod(x, x))),))  # SymSqNorm
+        return _sym_sqnorm(s, x)
     raise ValueError(f"WeightedSqNorm: weights of dimension {s.dim} for a vector of dimension "
                      f"{x.dim}; expected 1, {x.dim} or {x.dim * x.dim}")
 
@@ -225,10 +237,11 @@ FUNCTIONS: dict[str, Function] = {}
 # after the formulas (KeOps' order), except TensorDot (below, KeOps' list arguments).
 _OP_PARAMS = {"Pow": ("m",), "Round": ("d",), "OneHot": ("dim",), "Extract": ("start", "dim"),
               "ExtractT": ("start", "dim")}
+_OP_ARGS = {"IfElse": ("c", "a", "b"), "Clamp": ("x", "a", "b"), "Mod": ("x", "n", "d")}
 for _name, _spec in OPS.items():
     if _name == "TensorDot":
         continue
-    _args = ("x", "y", "z")[: _spec.arity] if _spec.arity > 1 else ("x",)
+    _args = _OP_ARGS.get(_name, ("x", "y")[: _spec.arity])
     FUNCTIONS[_name] = Function(
         _f(*_args) + tuple((p, INT, _REQUIRED) for p in _OP_PARAMS.get(_name, ())), _op(_name))
 
@@ -249,11 +262,9 @@ FUNCTIONS.update({
     "MatVecMult": Function(_f("a", "v"), _matvecmult),
     "VecMatMult": Function(_f("v", "a"), _vecmatmult),
     "Kron": Function(_f("a", "b") + (("dimfa", INTS, _REQUIRED), ("dimfb", INTS, _REQUIRED)), _kron),
-    "SqNormIso": Function(_f("s", "x"), lambda s, x: apply_op("Mult", (s, apply_op("SqNorm2", (x,))))),
-    "SqNormDiag": Function(_f("s", "x"), lambda s, x: apply_op(
-        "Sum", (apply_op("Mult", (s, apply_op("Square", (x,)))),))),
-    "SymSqNorm": Function(_f("a", "x"), lambda a, x: apply_op(
-        "Sum", (apply_op("Mult", (a, _tensorprod(x, x))),))),
+    "SqNormIso": Function(_f("s", "x"), _sqnorm_iso),
+    "SqNormDiag": Function(_f("s", "x"), _sqnorm_diag),
+    "SymSqNorm": Function(_f("a", "x"), _sym_sqnorm),
     "WeightedSqNorm": Function(_f("s", "x"), _weighted_sqnorm),
     "WeightedSqDist": Function(_f("s", "x", "y"),
                                lambda s, x, y: _weighted_sqnorm(s, apply_op("Subtract", (x, y)))),
