@@ -91,8 +91,8 @@ void visit_hot_d(const FusedCall& c, HotKind kind, F&& f) {
 }
 
 // The hot φ-program body (phi_rows.h): rows per thread and inner points per register block.
-// Float: 2 rows x 4 points; double: 1 row x 4 points (twice the registers per value). Blocks of
-// 16 pairs (float) or 8 (double) spill on sm_90.
+// Float: 2 rows x 4 points; double: 1 row x 4 points (twice the registers per value). On sm_90
+// (ptxas 13.0) float blocks of 2 x 8 spill; double blocks of 2 x 4 fit but at 240-255 registers.
 template <class T>
 inline constexpr int kPhiRows = sizeof(T) == 4 ? 2 : 1;
 template <class T>

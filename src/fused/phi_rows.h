@@ -38,7 +38,7 @@ struct HotPhiRows {
   static constexpr int B = R * J;      // pairs per register block
   // CUDA __launch_bounds__ minimum blocks per SM: up to 168 registers in float (4 would cap
   // them at 128, and a block of 8 pairs then spills), 255 in double. sm_90, ptxas 13.0: float
-  // 2 x 4 pairs ~162 registers, double 1 x 4 ~175, no spills.
+  // 2 x 4 pairs 126-156 registers, double 1 x 4 135-157, no spills.
   static constexpr int kMinBlocks = sizeof(T) == 4 ? 3 : 2;
 
   T x[R][DC];
