@@ -502,6 +502,7 @@ HOT_PHI_CASES = [
     (2, 3, 0, 3, np.float64, (129, 257), True, "hot"),
     (2, 0, 0, 2, np.float32, (33, 35), True, "hot"),
     (2, 1, 0, 4, np.float64, (7, 5), True, "matern"),
+    (1, 0, 2, 3, np.float32, (300, 0), True, "hot"),        # empty inner axis: zeros
     (2, 2, 0, 5, np.float32, (40, 70), False, "hot"),       # D > 4
     (1, 0, 4, 2, np.float64, (40, 70), False, "hot"),       # E > 3
     (0, 4, 0, 2, np.float32, (40, 70), False, "hot"),       # NA > 3
