@@ -7,6 +7,7 @@ Build a formula over i variables, j variables and parameters with `LazyTensor` /
 from jaxkeops import lowering as _lowering  # noqa: F401  (registers the FFI targets and lowerings)
 from jaxkeops.explain import explain
 from jaxkeops.lazy_tensor import LazyTensor, Pm, Vi, Vj
+from jaxkeops.complex_lazy import ComplexLazyTensor
 from jaxkeops.primitive import keops_reduce, keops_reduce_p
 from jaxkeops.lineax_adapter import lineax_operator
 from jaxkeops.solve import SolveInfo
@@ -16,6 +17,6 @@ from jaxkeops.sharded_reduce import sharded_reduce
 
 __version__ = "0.1.0"
 
-__all__ = ["LazyTensor", "Vi", "Vj", "Pm", "keops_reduce", "keops_reduce_p", "SolveInfo",
+__all__ = ["LazyTensor", "ComplexLazyTensor", "Vi", "Vj", "Pm", "keops_reduce", "keops_reduce_p", "SolveInfo",
            "lineax_operator", "export_disabled_checks", "explain", "cpu_threads",
            "set_cpu_threads", "sharded_reduce"]
