@@ -74,6 +74,10 @@ class ComplexLazyTensor:
     __hash__ = None  # a symbolic matrix, as LazyTensor
 
     def __init__(self, re: Part, im: Part):
+        for name, part in (("re", re), ("im", im)):
+            if part is not None and not isinstance(part, LazyTensor):
+                raise TypeError(f"ComplexLazyTensor(re, im): {name} is a {type(part).__name__}; "
+                                "expected a real LazyTensor or None (for zero)")
         if re is None and im is None:
             raise ValueError("a ComplexLazyTensor needs a real or an imaginary part")
         if re is not None and im is not None:
@@ -230,6 +234,14 @@ class ComplexLazyTensor:
                 base = base * base
         return result
 
+    def t(self) -> "ComplexLazyTensor":
+        """The transposed symbolic matrix (not conjugated): i and j variables swap."""
+        return ComplexLazyTensor(*(None if p is None else p.t() for p in (self.re, self.im)))
+
+    @property
+    def T(self) -> "ComplexLazyTensor":
+        return self.t()
+
     # --- complex features (KeOps names) -----------------------------------------------------------
 
     def real(self) -> LazyTensor:
@@ -287,7 +299,8 @@ class ComplexLazyTensor:
         if dim is not None:
             axis = dim
         if axis in (-1, len(self.batch_shape) + 2):
-            return ComplexLazyTensor(*(None if p is None else p.sum(-1) for p in (self.re, self.im)))
+            return ComplexLazyTensor(*(None if p is None else p.sum(-1)
+                                       for p in (self.re, self.im)))
         parts = [p for p in (self.re, self.im) if p is not None]
         packed = parts[0] if len(parts) == 1 else parts[0].concat(parts[1])
         try:

@@ -130,6 +130,9 @@ def test_parameters_and_3d_operands(rng):
     terms = x * y + p * (0.5 + 1j) - 2j
     _check(K.sum(1), terms, 1, np.complex128)
     _check(K.sum(0), terms, 0, np.complex128)
+    KT = K.T  # transposed, not conjugated
+    assert KT.shape == (N, M, D) and len(KT.re.variables) == len(K.re.variables)
+    _check(KT.sum(1), terms, 0, np.complex128)
 
 
 def test_batch_dims(rng):
