@@ -135,6 +135,16 @@ def test_parameters_and_3d_operands(rng):
     _check(KT.sum(1), terms, 0, np.complex128)
 
 
+@pytest.mark.parametrize("m, n, d", [(1, 1, 1), (1, 9, 40), (11, 1, 2)])
+def test_edge_sizes(rng, m, n, d):
+    x = _complex(rng, (m, d), np.complex128)
+    y = _complex(rng, (n, d), np.complex128)
+    K = (Vi(x) * Vj(y) * 0.3).exp() * Vj(y).conj() + 1j
+    terms = np.exp(x[:, None] * y[None] * 0.3) * np.conj(y[None]) + 1j
+    for axis in (0, 1):
+        _check(K.sum(axis), terms, axis, np.complex128)
+
+
 def test_batch_dims(rng):
     x = _complex(rng, (2, M, 1, D), np.complex128)
     y = _complex(rng, (1, 1, N, D), np.complex128)
@@ -179,12 +189,14 @@ def test_gradients_follow_jax_conventions(rng):
 
     def f(x, y, u, b):
         X, Y, U = Vi(x), Vj(y), Vi(u)
-        K = ((X / (Y + 3)).exp() * U.exp1j() + X.conj() * Y).sum(-1)
+        K = ((X / (Y + 3)).exp() * U.exp1j() + X.conj() * Y + X.real().imag2complex() * Y.imag()
+             + (X - Y).exp1j() * 0.5).sum(-1)
         return (K @ b) + (X * Y).abs().sum(1).sum() + (X - Y).angle().sum(0).sum()
 
     def dense_f(x, y, u, b):
         X, Y, U = x[:, None], y[None], u[:, None]
-        K = (jnp.exp(X / (Y + 3)) * jnp.exp(1j * U) + jnp.conj(X) * Y).sum(-1)
+        K = (jnp.exp(X / (Y + 3)) * jnp.exp(1j * U) + jnp.conj(X) * Y + 1j * X.real * Y.imag
+             + jnp.exp(1j * (X - Y)) * 0.5).sum(-1)
         return K @ b + jnp.abs(X * Y).sum((0, 1)).sum() + jnp.angle(X - Y).sum((0, 1)).sum()
 
     np.testing.assert_allclose(f(x, y, u, b), dense_f(x, y, u, b), rtol=1e-12)
