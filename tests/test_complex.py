@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from jaxkeops import ComplexLazyTensor, LazyTensor, Pm, Vi, Vj
+from jaxkeops import ComplexLazyTensor, LazyTensor, Pm, Vi, Vj, _native
+from test_tile_interpreter import on_emulated_gpu
 
 M, N, D = 7, 5, 3  # not multiples of any tile size
 DTYPES = [np.complex64, np.complex128]
@@ -76,6 +77,11 @@ FEATURES = {
 }
 
 
+def _terms(K, reference, a):
+    """The numpy terms (M, N, D) of the LazyTensor K = lazy(*_symbols(a))."""
+    return np.broadcast_to(reference(*_grid(a)), (M, N, K.shape[-1] if K.ndim == 3 else 1))
+
+
 def _check(out, terms, axis, dtype):
     """out against the reduction of the numpy terms (M, N, D): errors relative to Σ|term|."""
     ref, scale = terms.sum(axis), np.abs(terms).sum(axis)
@@ -93,7 +99,7 @@ def test_feature_against_numpy(rng, feature, dtype):
     lazy, reference = FEATURES[feature]
     a = _inputs(rng, dtype)
     K = lazy(*_symbols(a))
-    terms = np.broadcast_to(reference(*_grid(a)), (M, N, K.shape[-1] if K.ndim == 3 else 1))
+    terms = _terms(K, reference, a)
     for axis in (0, 1):
         out = K.sum(axis)
         expected = np.dtype(dtype) if K.is_complex else np.dtype(REAL[dtype])
@@ -249,3 +255,27 @@ def test_errors(rng):
         (x.sum(-1) * y.sum(-1)) @ np.ones(4, np.complex64)
     with pytest.raises(TypeError, match="real2complex: this LazyTensor is already complex"):
         x.real2complex()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["complex64", "complex128"])
+def test_cuda_interpreter_emulated_on_the_host(rng, dtype):
+    """The CUDA tile interpreter's own per-thread code (run on the host) on complex formulas:
+    real and imaginary halves of the operands side by side in its registers."""
+    a = _inputs(rng, dtype)
+    cases = [FEATURES[name] for name in ("div", "exp", "broadcast_dim_1", "angle")]
+    with on_emulated_gpu():
+        for lazy, reference in cases:
+            K = lazy(*_symbols(a))
+            for axis in (0, 1):
+                _check(K.sum(axis), _terms(K, reference, a), axis, dtype)
+
+
+@pytest.mark.skipif(not _native.has_cuda(), reason="jaxkeops._jaxkeops_cuda was not built")
+def test_complex_reduction_lowers_to_one_cuda_custom_call(rng):
+    a = _inputs(rng, np.complex64)
+    fn = lambda x, y: ((Vi(x) * Vj(y).conj()).exp().sum(-1) @ y[:, 0])  # noqa: E731
+    text = jax.jit(fn).trace(a["x"], a["y"]).lower(lowering_platforms=("cuda",)).as_text()
+    calls = sum(text.count(f"stablehlo.custom_call @{t}(")
+                for t in ("jaxkeops_reduce", "jaxkeops_fused"))
+    assert calls == 1, text[:2000]
+    assert "stablehlo.while" not in text  # the native call, not the pure-JAX fallback
