@@ -96,11 +96,7 @@ class ComplexLazyTensor:
     # --- construction -------------------------------------------------------------------------
 
     @staticmethod
-    def from_real(x: LazyTensor) -> "ComplexLazyTensor":
-        return ComplexLazyTensor(x, None)
-
-    @staticmethod
-    def lift(x) -> "ComplexLazyTensor":
+    def _lift(x) -> "ComplexLazyTensor":
         """A ComplexLazyTensor from a complex or real LazyTensor, number or array."""
         if isinstance(x, ComplexLazyTensor):
             return x
@@ -173,7 +169,7 @@ class ComplexLazyTensor:
             )
 
     def _operand(self, other, symbol: str) -> "ComplexLazyTensor":
-        other = ComplexLazyTensor.lift(other)
+        other = ComplexLazyTensor._lift(other)
         self._check_dims(other, symbol)
         return other
 
@@ -182,14 +178,14 @@ class ComplexLazyTensor:
         return ComplexLazyTensor(_add(self.re, w.re), _add(self.im, w.im))
 
     def __radd__(self, other):
-        return ComplexLazyTensor.lift(other) + self
+        return ComplexLazyTensor._lift(other) + self
 
     def __sub__(self, other):
         w = self._operand(other, "-")
         return ComplexLazyTensor(_sub(self.re, w.re), _sub(self.im, w.im))
 
     def __rsub__(self, other):
-        return ComplexLazyTensor.lift(other) - self
+        return ComplexLazyTensor._lift(other) - self
 
     def __neg__(self):
         return ComplexLazyTensor(_neg(self.re), _neg(self.im))
@@ -201,7 +197,7 @@ class ComplexLazyTensor:
         return ComplexLazyTensor(_sub(_mul(a, c), _mul(b, d)), _add(_mul(a, d), _mul(b, c)))
 
     def __rmul__(self, other):
-        return ComplexLazyTensor.lift(other) * self
+        return ComplexLazyTensor._lift(other) * self
 
     def __truediv__(self, other):
         w = self._operand(other, "/")
@@ -214,7 +210,7 @@ class ComplexLazyTensor:
                                  _div(numerator.im, denominator))
 
     def __rtruediv__(self, other):
-        return ComplexLazyTensor.lift(other) / self
+        return ComplexLazyTensor._lift(other) / self
 
     def square(self):
         return self * self
@@ -341,7 +337,7 @@ class ComplexLazyTensor:
             )
         vector = v.ndim == k + 1
         columns = v[..., None] if vector else v  # (*B, N, E)
-        out = (self * ComplexLazyTensor.lift(columns[..., None, :, :])).sum(axis=k + 1)
+        out = (self * ComplexLazyTensor._lift(columns[..., None, :, :])).sum(axis=k + 1)
         return out[..., 0] if vector else out
 
     def _unsupported(self, name: str):
@@ -409,7 +405,7 @@ def complex_parameter(p) -> ComplexLazyTensor:
 
 def mixed_binary(x: LazyTensor, other, name: str, reverse: bool):
     """A real LazyTensor x combined with a complex operand by the real op `name`."""
-    z, w = ComplexLazyTensor.from_real(x), ComplexLazyTensor.lift(other)
+    z, w = ComplexLazyTensor(x, None), ComplexLazyTensor._lift(other)
     a, b = (w, z) if reverse else (z, w)
     if name == "Add":
         return a + b

@@ -1,5 +1,7 @@
 """Complex LazyTensors against numpy complex128 on the materialised M×N grid."""
 
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -279,3 +281,18 @@ def test_complex_reduction_lowers_to_one_cuda_custom_call(rng):
                 for t in ("jaxkeops_reduce", "jaxkeops_fused"))
     assert calls == 1, text[:2000]
     assert "stablehlo.while" not in text  # the native call, not the pure-JAX fallback
+
+
+def test_api_page_lists_every_public_name():
+    """docs/api.md's complex section names every public attribute of ComplexLazyTensor."""
+    text = (pathlib.Path(__file__).parent.parent / "docs" / "api.md").read_text()
+    section = text[text.index("## Complex LazyTensors"):]
+    section = section[:section.index("\n## ")]
+    names = {name for name in vars(ComplexLazyTensor)
+             if not name.startswith("_") or (name.startswith("__") and name.endswith("__"))}
+    names -= {"__init__", "__dict__", "__doc__", "__module__", "__weakref__",
+              "__array_priority__"}
+    names |= {"re", "im"}
+    missing = sorted(n for n in names if f"`{n}`" not in section and f"`{n}(" not in section
+                     and f", `{n}`" not in section)
+    assert not missing, f"docs/api.md's complex section does not list {missing}"
