@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxkeops import lazy_tensor as _lt
+from jaxkeops.formula import Const
 from jaxkeops.lazy_tensor import LazyTensor
 
 Part = LazyTensor | None  # None: a part equal to zero
@@ -110,10 +111,13 @@ class ComplexLazyTensor:
         return self.re if self.re is not None else self.im
 
     def _full_parts(self) -> tuple[LazyTensor, LazyTensor]:
-        """(re, im) with explicit zeros for missing parts."""
+        """(re, im) of the complex dimension, with explicit zeros for missing parts."""
         re = self.re if self.re is not None else _zero_like(self.im)
         im = self.im if self.im is not None else _zero_like(self.re)
-        return re, im
+        D = self.dim
+        # A dimension-1 part of a dimension-D complex (1 + 1j * x) stands for D equal values.
+        ones = LazyTensor._make(Const([1.0] * D), (), None, None)
+        return tuple(p * ones if p.formula.dim != D else p for p in (re, im))
 
     # --- shape ----------------------------------------------------------------------------------
 
