@@ -77,8 +77,8 @@ FEATURES = {
             + np.abs(x * v)),
     "angle": (lambda x, y, u, v: (x * y).angle(), lambda x, y, u, v: np.angle(x * y)),
     "parts_of_dimension_1": (  # a dimension-1 real part in a dimension-D complex
-        lambda x, y, u, v: (v.sum(-1) + u.imag2complex()).real() + (2j + u).imag() * v,
-        lambda x, y, u, v: v.sum(-1, keepdims=True) + 0 * u + 2 * v),
+        lambda x, y, u, v: (v.sum(-1) + u.imag2complex()).real() - (2j + u).imag(),
+        lambda x, y, u, v: v.sum(-1, keepdims=True) + 0 * u - 2),
 }
 
 
