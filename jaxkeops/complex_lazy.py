@@ -301,10 +301,15 @@ class ComplexLazyTensor:
         if axis in (-1, len(self.batch_shape) + 2):
             return ComplexLazyTensor(*(None if p is None else p.sum(-1)
                                        for p in (self.re, self.im)))
+        return self._reduce_packed(lambda packed: packed.sum(axis))
+
+    def _reduce_packed(self, reduce_real):
+        """`reduce_real` (a reduction linear in its formula) applied to the real formula
+        Concat(re, im), its output reassembled into a complex array."""
         parts = [p for p in (self.re, self.im) if p is not None]
         packed = parts[0] if len(parts) == 1 else parts[0].concat(parts[1])
         try:
-            out = packed.sum(axis)
+            out = reduce_real(packed)
         except TypeError as e:
             raise TypeError(f"{e} (a complex64 operand counts as float32, a complex128 one as "
                             "float64)") from None
@@ -405,6 +410,13 @@ def complex_parameter(p) -> ComplexLazyTensor:
     if p.ndim > 1:
         raise ValueError(f"Pm(p): p has shape {p.shape}; expected a number, 0-d or 1-d array")
     return complex_operand(p.reshape(-1))
+
+
+def sumsoftmaxweight(scores: LazyTensor, weight: ComplexLazyTensor, axis: int, method: str):
+    """Σ_j exp(S_ij) w_ij / Σ_j exp(S_ij) for real scores S and a complex weight w: linear in w,
+    so one real pass over the weight Concat(re, im) gives both parts."""
+    return weight._reduce_packed(
+        lambda packed: scores._reduce_weighted("SumSoftMaxWeight", packed, axis, method)[0])
 
 
 def mixed_binary(x: LazyTensor, other, name: str, reverse: bool):

@@ -59,9 +59,9 @@ def _is_complex(x) -> bool:
     """A Python complex number, a complex array or a ComplexLazyTensor."""
     if isinstance(x, complex):
         return True
-    dtype = getattr(x, "dtype", None)
-    return getattr(x, "is_complex", False) is True or (
-        dtype is not None and np.issubdtype(np.dtype(dtype), np.complexfloating))
+    if isinstance(getattr(x, "is_complex", None), bool):  # LazyTensor or ComplexLazyTensor
+        return x.is_complex
+    return _is_array(x) and np.issubdtype(np.dtype(x.dtype), np.complexfloating)
 
 
 def _is_array(x) -> bool:
@@ -724,6 +724,10 @@ class LazyTensor:
         """Σ_j exp(S_ij) w_ij / Σ_j exp(S_ij) for a scalar formula S and a weight LazyTensor w of
         dimension E: (M, E). Running maximum, as logsumexp; a row with no unmasked pair is NaN."""
         axis = self._reduction_axis(axis, dim, "sumsoftmaxweight")
+        if _is_complex(weight):  # linear in the weight: jaxkeops/complex_lazy.py
+            from jaxkeops.complex_lazy import ComplexLazyTensor, sumsoftmaxweight
+            if isinstance(weight, ComplexLazyTensor):
+                return sumsoftmaxweight(self, weight, axis, "sumsoftmaxweight")
         return self._reduce_weighted("SumSoftMaxWeight", weight, axis, "sumsoftmaxweight")[0]
 
     def _pick(self, reduction: str, method: str, axis, dim):

@@ -132,6 +132,21 @@ def test_matmul_with_complex_vectors(rng, dtype):
     _check(out[:, None], dense_complex[:, :, None] * w[None, :, None], 1, dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=["complex64", "complex128"])
+def test_sumsoftmaxweight_with_complex_weights(rng, dtype):
+    a = _inputs(rng, dtype)
+    X, Y, U, V = _symbols(a)
+    x, y, u, v = _grid(a)
+    scores = -((u - v) ** 2).sum(-1)  # (M, N)
+    weights = x * np.conj(y) + 1j * v  # (M, N, D)
+    for axis in (0, 1):
+        out = (-U.sqdist(V)).sumsoftmaxweight(X * Y.conj() + V.imag2complex(), axis=axis)
+        p = np.exp(scores - scores.max(axis, keepdims=True))
+        p /= p.sum(axis, keepdims=True)
+        assert out.dtype == np.dtype(dtype)
+        _check(out, p[..., None] * weights, axis, dtype)
+
+
 def test_parameters_and_3d_operands(rng):
     p = _complex(rng, (D,), np.complex128)
     x = _complex(rng, (M, 1, D), np.complex128)
