@@ -61,7 +61,7 @@ def _is_complex(x) -> bool:
         return True
     if isinstance(getattr(x, "is_complex", None), bool):  # LazyTensor or ComplexLazyTensor
         return x.is_complex
-    return _is_array(x) and np.issubdtype(np.dtype(x.dtype), np.complexfloating)
+    return _is_array(x) and jnp.issubdtype(x.dtype, jnp.complexfloating)
 
 
 def _is_array(x) -> bool:
