@@ -84,7 +84,7 @@ FEATURES = {
 
 def _terms(K, reference, a):
     """The numpy terms (M, N, D) of the LazyTensor K = lazy(*_symbols(a))."""
-    return np.broadcast_to(reference(*_grid(a)), (M, N, K.shape[-1] if K.ndim == 3 else 1))
+    return np.broadcast_to(reference(*_grid(a)), (M, N, K.shape[-1] if len(K.shape) == 3 else 1))
 
 
 def _check(out, terms, axis, dtype):
