@@ -23,6 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxkeops import lazy_tensor as _lt
+from jaxkeops.call_options import check_options
+from jaxkeops.keops_names import KeOpsNames
 from jaxkeops.formula import Const
 from jaxkeops.lazy_tensor import LazyTensor
 
@@ -64,7 +66,7 @@ def _zero_like(a: LazyTensor) -> LazyTensor:
     return a * 0
 
 
-class ComplexLazyTensor:
+class ComplexLazyTensor(KeOpsNames):
     """A symbolic complex M×N matrix: `re + 1j * im`, each part a real LazyTensor (or None for
     zero) over the same variables. Built from complex arrays by `LazyTensor`, `Vi`, `Vj`, `Pm`,
     from Python complex numbers (`1j`), and by `x.real2complex()`, `x.imag2complex()`,
@@ -114,7 +116,7 @@ class ComplexLazyTensor:
         """(re, im) of the complex dimension, with explicit zeros for missing parts."""
         re = self.re if self.re is not None else _zero_like(self.im)
         im = self.im if self.im is not None else _zero_like(self.re)
-        D = self.dim
+        D = self.ndim
         # A dimension-1 part of a dimension-D complex (1 + 1j * x) stands for D equal values.
         ones = LazyTensor._make(Const([1.0] * D), (), None, None)
         return tuple(p * ones if p.formula.dim != D else p for p in (re, im))
@@ -122,8 +124,9 @@ class ComplexLazyTensor:
     # --- shape ----------------------------------------------------------------------------------
 
     @property
-    def dim(self) -> int:
-        """The complex dimension D (the kernels see 2D real numbers)."""
+    def ndim(self) -> int:
+        """pykeops' ndim: the complex dimension D of the formula's vectors (the kernels see 2D
+        real numbers). Not NumPy's number of axes (that is `len(shape)`)."""
         return max(p.formula.dim for p in (self.re, self.im) if p is not None)
 
     @property
@@ -141,11 +144,7 @@ class ComplexLazyTensor:
     @property
     def shape(self) -> tuple[int, ...]:
         grid = self.batch_shape + (self.ni or 1, self.nj or 1)
-        return grid if self.dim == 1 else grid + (self.dim,)
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
+        return grid if self.ndim == 1 else grid + (self.ndim,)
 
     @property
     def dtype(self):
@@ -165,7 +164,7 @@ class ComplexLazyTensor:
     # --- arithmetic -------------------------------------------------------------------------------
 
     def _check_dims(self, other: "ComplexLazyTensor", symbol: str) -> None:
-        a, b = self.dim, other.dim
+        a, b = self.ndim, other.ndim
         if a != b and 1 not in (a, b):
             raise ValueError(
                 f"complex x {symbol} y: operand dimensions {a} and {b} do not match; expected "
@@ -292,16 +291,21 @@ class ComplexLazyTensor:
 
     # --- reductions -------------------------------------------------------------------------------
 
-    def sum(self, axis: int | None = -1, dim: int | None = None):
+    def sum(self, axis: int | None = -1, dim: int | None = None, keepdim: bool | None = None,
+            **options):
         """`sum(-1)`: the sum of the D coordinates (a complex LazyTensor of dimension 1);
         `sum(0)` / `sum(1)`: the Sum reduction over i / over j, a complex array (N, D) / (M, D).
-        Accumulated in float64, as the real Sum."""
+        Accumulated in float64, as the real Sum. `keepdim` and `options` as LazyTensor.sum,
+        except `out=` and `call=False`."""
         if dim is not None:
             axis = dim
         if axis in (-1, len(self.batch_shape) + 2):
-            return ComplexLazyTensor(*(None if p is None else p.sum(-1)
+            return ComplexLazyTensor(*(None if p is None else p.sum(-1, keepdim=keepdim, **options)
                                        for p in (self.re, self.im)))
-        return self._reduce_packed(lambda packed: packed.sum(axis))
+        if keepdim is not None:
+            raise TypeError("sum: keepdim applies to the feature axis (sum(-1)) only")
+        check_complex_options("sum", "Sum", options)
+        return self._reduce_packed(lambda packed: packed.sum(axis, **options))
 
     def _reduce_packed(self, reduce_real):
         """`reduce_real` (a reduction linear in its formula) applied to the real formula
@@ -315,7 +319,7 @@ class ComplexLazyTensor:
                             "float64)") from None
         split = parts[0].formula.dim
         halves = [out[..., :split], out[..., split:]] if len(parts) == 2 else [out]
-        full = out.shape[:-1] + (self.dim,)
+        full = out.shape[:-1] + (self.ndim,)
         values = iter(jnp.broadcast_to(h, full) for h in halves)
         re = next(values) if self.re is not None else None
         im = next(values) if self.im is not None else None
@@ -325,7 +329,7 @@ class ComplexLazyTensor:
     def __matmul__(self, v):
         """`K @ v` for a complex scalar K (M, N) and v (real or complex) shaped (N,) or (N, E),
         with K's batch dims in front: the Sum over j of K_ij v_j, a complex array."""
-        if self.dim != 1:
+        if self.ndim != 1:
             raise ValueError(
                 f"K @ v: K has shape {self.shape}; the product needs a scalar LazyTensor (M, N) "
                 "(its formula dimension must be 1)"
@@ -412,11 +416,23 @@ def complex_parameter(p) -> ComplexLazyTensor:
     return complex_operand(p.reshape(-1))
 
 
-def sumsoftmaxweight(scores: LazyTensor, weight: ComplexLazyTensor, axis: int, method: str):
+def check_complex_options(method: str, reduction: str, options: dict) -> None:
+    """pykeops' keywords as for real reductions (jaxkeops/call_options.py), but for `out=` and
+    `call=False`, which would see the real formula Concat(re, im) and not the complex result."""
+    check_options(method, reduction, options)
+    if options.get("out") is not None or options.get("call", True) is not True:
+        raise TypeError(f"{method}: out= and call=False are not supported for complex formulas "
+                        "(use the returned complex array; call the reduction with arrays)")
+
+
+def sumsoftmaxweight(scores: LazyTensor, weight: ComplexLazyTensor, axis: int, method: str,
+                     options: dict):
     """Σ_j exp(S_ij) w_ij / Σ_j exp(S_ij) for real scores S and a complex weight w: linear in w,
     so one real pass over the weight Concat(re, im) gives both parts."""
+    check_complex_options(method, "SumSoftMaxWeight", options)
     return weight._reduce_packed(
-        lambda packed: scores._reduce_weighted("SumSoftMaxWeight", packed, axis, method)[0])
+        lambda packed: scores._reduce_weighted("SumSoftMaxWeight", packed, axis, method,
+                                               options)[0])
 
 
 def mixed_binary(x: LazyTensor, other, name: str, reverse: bool):

@@ -147,6 +147,26 @@ def test_sumsoftmaxweight_with_complex_weights(rng, dtype):
         _check(out, p[..., None] * weights, axis, dtype)
 
 
+def test_pykeops_names_and_keywords(rng):
+    a = _inputs(rng, np.complex128)
+    X, Y, U, V = _symbols(a)
+    z = X * Y.conj()
+    assert (z.ndim, z.dim(), z.nbatchdims, z.batchdims) == (D, 3, 0, None)
+    assert z.dtype == np.complex128 and z.sum(-1).ndim == 1
+    ref = z.sum(1)
+    np.testing.assert_array_equal(z.sum_reduction(axis=1), ref)
+    np.testing.assert_array_equal(z.reduction("Sum", axis=1), ref)
+    np.testing.assert_array_equal(z.sum(dim=1, backend="auto", dtype_acc="float64"), ref)
+    with pytest.raises(TypeError, match="^logsumexp: not defined for a complex LazyTensor"):
+        z.logsumexp_reduction(axis=1)
+    with pytest.raises(TypeError, match="out= and call=False are not supported"):
+        z.sum(1, out=np.zeros((M, D), np.complex128))
+    with pytest.raises(TypeError, match="out= and call=False are not supported"):
+        (-U.sqdist(V)).sumsoftmaxweight(z, axis=1, call=False)
+    with pytest.raises(NotImplementedError, match="ranges"):
+        z.ranges = (np.zeros((1, 2), np.int32),) * 6
+
+
 def test_parameters_and_3d_operands(rng):
     p = _complex(rng, (D,), np.complex128)
     x = _complex(rng, (M, 1, D), np.complex128)
