@@ -145,6 +145,19 @@ def test_sumsoftmaxweight_with_complex_weights(rng, dtype):
         p /= p.sum(axis, keepdims=True)
         assert out.dtype == np.dtype(dtype)
         _check(out, p[..., None] * weights, axis, dtype)
+    if dtype == np.complex128:  # differentiable in the scores and the complex weight
+        def loss(x, u, lazy):
+            if lazy:
+                out = (-Vi(u).sqdist(V)).sumsoftmaxweight(Vi(x) * Y.conj(), axis=1)
+            else:
+                s = -((u[:, None] - a["v"][None]) ** 2).sum(-1)
+                out = (jax.nn.softmax(s, axis=1)[..., None] * x[:, None]
+                       * jnp.conj(a["y"])[None]).sum(1)
+            return jnp.sum(jnp.abs(out) ** 2)
+        for k in (0, 1):
+            g = jax.grad(loss, argnums=k)(a["x"], a["u"], True)
+            ref = jax.grad(loss, argnums=k)(a["x"], a["u"], False)
+            np.testing.assert_allclose(g, ref, rtol=1e-9, atol=1e-12 * float(np.abs(ref).max()))
 
 
 def test_pykeops_names_and_keywords(rng):
