@@ -313,10 +313,11 @@ class ComplexLazyTensor(KeOpsNames):
         parts = [p for p in (self.re, self.im) if p is not None]
         packed = parts[0] if len(parts) == 1 else parts[0].concat(parts[1])
         try:
-            out = reduce_real(packed)
+            packed._dtype()  # the operands' shared dtype, which the reduction checks too
         except TypeError as e:
             raise TypeError(f"{e} (a complex64 operand counts as float32, a complex128 one as "
                             "float64)") from None
+        out = reduce_real(packed)
         split = parts[0].formula.dim
         halves = [out[..., :split], out[..., split:]] if len(parts) == 2 else [out]
         full = out.shape[:-1] + (self.ndim,)
