@@ -24,8 +24,8 @@ import numpy as np
 
 from jaxkeops import lazy_tensor as _lt
 from jaxkeops.call_options import check_options
-from jaxkeops.keops_names import KeOpsNames
 from jaxkeops.formula import Const
+from jaxkeops.keops_names import KeOpsNames
 from jaxkeops.lazy_tensor import LazyTensor
 
 Part = LazyTensor | None  # None: a part equal to zero
