@@ -10,6 +10,7 @@ from jaxkeops.explain import explain
 from jaxkeops.genred import (Genred, KernelSolve, generic_argkmin, generic_argmin,
                              generic_logsumexp, generic_sum)
 from jaxkeops.lazy_tensor import LazyTensor, Pm, Vi, Vj
+from jaxkeops.complex_lazy import ComplexLazyTensor
 from jaxkeops.primitive import keops_reduce, keops_reduce_p
 from jaxkeops.lineax_adapter import lineax_operator
 from jaxkeops.solve import SolveInfo
@@ -19,7 +20,7 @@ from jaxkeops.sharded_reduce import sharded_reduce
 
 __version__ = "0.1.0"
 
-__all__ = ["LazyTensor", "Vi", "Vj", "Pm", "keops_reduce", "keops_reduce_p", "SolveInfo",
+__all__ = ["LazyTensor", "ComplexLazyTensor", "Vi", "Vj", "Pm", "keops_reduce", "keops_reduce_p", "SolveInfo",
            "lineax_operator", "export_disabled_checks", "explain", "cpu_threads",
            "set_cpu_threads", "sharded_reduce", "Genred", "KernelSolve", "generic_sum",
            "generic_logsumexp", "generic_argmin", "generic_argkmin"]

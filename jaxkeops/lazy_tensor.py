@@ -59,6 +59,15 @@ def _is_weak_scalar(x) -> bool:
         return False
 
 
+def _is_complex(x) -> bool:
+    """A Python complex number, a complex array or a ComplexLazyTensor."""
+    if isinstance(x, complex):
+        return True
+    if isinstance(getattr(x, "is_complex", None), bool):  # LazyTensor or ComplexLazyTensor
+        return x.is_complex
+    return _is_array(x) and jnp.issubdtype(x.dtype, jnp.complexfloating)
+
+
 def _is_array(x) -> bool:
     return isinstance(x, (np.ndarray, jax.Array, np.generic)) or hasattr(x, "__jax_array__")
 
@@ -96,6 +105,13 @@ class LazyTensor(KeOpsNames):
     """
 
     __array_priority__ = 1000  # numpy arrays on the left defer to our operators
+    is_complex = False  # as KeOps; ComplexLazyTensor's is True
+
+    def __new__(cls, x=None, axis: int | None = None):
+        if x is not None and _is_complex(x):  # jaxkeops/complex_lazy.py
+            from jaxkeops.complex_lazy import complex_operand
+            return complex_operand(x, axis)
+        return super().__new__(cls)
 
     def __init__(self, x=None, axis: int | None = None):
         self.variables: tuple[_Variable, ...] = ()
@@ -180,6 +196,12 @@ class LazyTensor(KeOpsNames):
 
     @staticmethod
     def _lift(x) -> "LazyTensor":
+        if _is_complex(x):  # + - * / reach jaxkeops/complex_lazy.py through _binary, not here
+            raise TypeError(
+                f"a complex operand where a real LazyTensor is expected (got a "
+                f"{type(x).__name__}): complex formulas support + - * /, real, imag, conj, "
+                "angle, abs, exp, exp1j and sum"
+            )
         return x if isinstance(x, LazyTensor) else LazyTensor(x)
 
     def _merge(self, other: "LazyTensor"):
@@ -209,6 +231,9 @@ class LazyTensor(KeOpsNames):
         return LazyTensor._make(apply_op(name, (self.formula,), params), self.variables, self.ni, self.nj)
 
     def _binary(self, other, name: str, params: tuple = (), reverse: bool = False) -> "LazyTensor":
+        if _is_complex(other):
+            from jaxkeops.complex_lazy import mixed_binary
+            return mixed_binary(self, other, name, reverse)
         other = LazyTensor._lift(other)
         other_formula, variables, ni, nj = self._merge(other)
         args = (other_formula, self.formula) if reverse else (self.formula, other_formula)
@@ -314,6 +339,22 @@ class LazyTensor(KeOpsNames):
 
     def cos(self):
         return self._unary("Cos")
+
+    # Complex LazyTensors (jaxkeops/complex_lazy.py) from a real x.
+    def real2complex(self):
+        """x + 0j, a complex LazyTensor."""
+        from jaxkeops.complex_lazy import ComplexLazyTensor
+        return ComplexLazyTensor(self, None)
+
+    def imag2complex(self):
+        """1j * x, a complex LazyTensor."""
+        from jaxkeops.complex_lazy import ComplexLazyTensor
+        return ComplexLazyTensor(None, self)
+
+    def exp1j(self):
+        """exp(1j * x) = cos(x) + 1j * sin(x), a complex LazyTensor."""
+        from jaxkeops.complex_lazy import ComplexLazyTensor
+        return ComplexLazyTensor(self.cos(), self.sin())
 
     def sinxdivx(self):
         """sin(x) / x, 1 at 0."""
@@ -715,6 +756,10 @@ class LazyTensor(KeOpsNames):
         """Σ_j exp(S_ij) w_ij / Σ_j exp(S_ij) for a scalar formula S and a weight LazyTensor w of
         dimension E: (M, E). Running maximum, as logsumexp; a row with no unmasked pair is NaN."""
         axis = self._reduction_axis(axis, dim, "sumsoftmaxweight")
+        if _is_complex(weight):  # linear in the weight: jaxkeops/complex_lazy.py
+            from jaxkeops.complex_lazy import ComplexLazyTensor, sumsoftmaxweight
+            if isinstance(weight, ComplexLazyTensor):
+                return sumsoftmaxweight(self, weight, axis, "sumsoftmaxweight", options)
         return self._reduce_weighted("SumSoftMaxWeight", weight, axis, "sumsoftmaxweight",
                                      options)[0]
 
@@ -814,6 +859,8 @@ class LazyTensor(KeOpsNames):
                 f"K @ v: v is a {type(v).__name__}; expected a jax or NumPy array shaped (N,) "
                 "or (N, E)"
             )
+        if _is_complex(v):
+            return self.real2complex() @ v
         v = jnp.asarray(v)
         batch, n = self.batch_shape, self.nj
         k = len(batch)
@@ -1117,6 +1164,9 @@ def Pm(p, dim: int | None = None) -> LazyTensor:
     later call (an array (dim,))."""
     if dim is not None:
         return placeholder_lazy_tensor(*check_placeholder_spec(p, dim, CAT_P, "Pm(index, dim)"))
+    if _is_complex(p):
+        from jaxkeops.complex_lazy import complex_parameter
+        return complex_parameter(p)
     python_number = isinstance(p, numbers.Number) and not _is_array(p)
     weak = python_number or _is_weak_scalar(p)  # takes the dtype of the other operands
     p = jnp.asarray(float(p) if python_number else p)
