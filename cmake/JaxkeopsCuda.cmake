@@ -28,10 +28,12 @@ target_include_directories(_jaxkeops_cuda PRIVATE
   "${XLA_FFI_INCLUDE_DIR}")
 target_compile_definitions(_jaxkeops_cuda PRIVATE
   JAXKEOPS_JAXLIB_BUILD_VERSION="${JAXKEOPS_JAXLIB_VERSION}")
-# No fast-math on either side: inf/nan must behave as on CPU.
+# No fast-math on either side: inf/nan must behave as on CPU. -lineinfo (source lines of the
+# device code, no effect on the generated code) lets the static benchmark walk the tile
+# interpreter's SASS by source line (jaxkeops/benchmarks/sass_walk.py) and profilers map it.
 target_compile_options(_jaxkeops_cuda PRIVATE
   $<$<COMPILE_LANGUAGE:CXX>:-O3 -fno-math-errno>
-  $<$<COMPILE_LANGUAGE:CUDA>:-O3 --expt-relaxed-constexpr>)
+  $<$<COMPILE_LANGUAGE:CUDA>:-O3 --expt-relaxed-constexpr -lineinfo>)
 # Static runtime: importing the module needs neither libcudart on the loader path nor a GPU
 # (the driver is only loaded on the first CUDA call, when a kernel runs).
 target_link_libraries(_jaxkeops_cuda PRIVATE CUDA::cudart_static)

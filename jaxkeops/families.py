@@ -54,11 +54,12 @@ PHI_NAMES = {PHI_AFFINE: "affine", PHI_EXP_AFFINE: "exp_affine", PHI_PROGRAM: "p
 REF_S, REF_A, REF_U, REF_V, REF_C = 4, 5, 8, 16, 32
 MAX_PROGRAM, SLOTS, MAX_COLUMNS = 32, 4, 8
 
-# Scalar ops a φ program may run (op table entries, elementwise, no static parameter).
+# Scalar ops a φ program may run (op table entries, elementwise, no static parameter). Not Sin,
+# Cos, SinXDivX: CUDA's sin/cos keep an array on the stack for huge arguments, and the fused
+# kernels have none (src/fused/pair_math.h, fused_program_op); the interpreter runs them.
 _PROGRAM_OPS = {"Add", "Subtract", "Mult", "Divide", "Minus", "Exp", "Log", "Sqrt", "Square",
-                "Powf", "Abs", "Sin", "Cos", "Asin", "Acos", "Atan", "Rsqrt", "XLogX",
-                "SinXDivX", "Sign", "Step", "ReLU", "Floor", "Atan2", "Equal", "NotEqual",
-                "LessThan", "LessOrEqual"}
+                "Powf", "Abs", "Asin", "Acos", "Atan", "Rsqrt", "XLogX", "Sign", "Step",
+                "ReLU", "Floor", "Atan2", "Equal", "NotEqual", "LessThan", "LessOrEqual"}
 
 _REDUCTIONS_BY_FACTOR = {
     "Sum": {FACTOR_NONE, FACTOR_Z, FACTOR_DIFF},

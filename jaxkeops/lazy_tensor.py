@@ -16,10 +16,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxkeops.call_options import check_options
 from jaxkeops.formula import CAT_I, CAT_J, CAT_NAMES, CAT_P, Const, Node, Var, substitute
+from jaxkeops.keops_names import KeOpsNames
 from jaxkeops.ops import MAX_DIM, apply_op, tensordot_params
 from jaxkeops.primitive import dim_size as _size, keops_reduce
 from jaxkeops.reductions import check_reduction
+from jaxkeops.placeholders import (PendingReduction, Placeholder, check_placeholder_spec,
+                                   has_placeholders, placeholder_lazy_tensor)
 from jaxkeops.solve import SolveInfo, default_maxiter, ridge_solve, warn_unless_converged
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -55,6 +59,15 @@ def _is_weak_scalar(x) -> bool:
         return False
 
 
+def _is_complex(x) -> bool:
+    """A Python complex number, a complex array or a ComplexLazyTensor."""
+    if isinstance(x, complex):
+        return True
+    if isinstance(getattr(x, "is_complex", None), bool):  # LazyTensor or ComplexLazyTensor
+        return x.is_complex
+    return _is_array(x) and jnp.issubdtype(x.dtype, jnp.complexfloating)
+
+
 def _is_array(x) -> bool:
     return isinstance(x, (np.ndarray, jax.Array, np.generic)) or hasattr(x, "__jax_array__")
 
@@ -81,16 +94,24 @@ def _category_of_3d(shape, what: str) -> int:
     )
 
 
-class LazyTensor:
+class LazyTensor(KeOpsNames):
     """A symbolic matrix F(x_i, y_j, p) over an M×N grid that is never stored.
 
     `LazyTensor(x)` with x shaped (M, 1, D) is an i variable, (1, N, D) a j variable, (1, 1, D),
     0-d or 1-d a parameter; a 2-d x needs `axis=0` (i) or `axis=1` (j). A Python number is an
     integer constant of the formula (2, -1.0, inf), or else a weakly typed parameter (0.5: data,
-    so that other values reuse the compiled code). See also `Vi`, `Vj`, `Pm`.
+    so that other values reuse the compiled code). A tuple (index, dim, cat) is a placeholder
+    for argument `index` of a later call (jaxkeops/placeholders.py). See also `Vi`, `Vj`, `Pm`.
     """
 
     __array_priority__ = 1000  # numpy arrays on the left defer to our operators
+    is_complex = False  # as KeOps; ComplexLazyTensor's is True
+
+    def __new__(cls, x=None, axis: int | None = None):
+        if x is not None and _is_complex(x):  # jaxkeops/complex_lazy.py
+            from jaxkeops.complex_lazy import complex_operand
+            return complex_operand(x, axis)
+        return super().__new__(cls)
 
     def __init__(self, x=None, axis: int | None = None):
         self.variables: tuple[_Variable, ...] = ()
@@ -98,6 +119,14 @@ class LazyTensor:
         self.nj: int | None = None
         self.batch_shape: tuple[int, ...] = ()  # KeOps batch dimensions, broadcast NumPy-style
         if x is None:  # internal: filled in by _make
+            return
+        if isinstance(x, tuple):  # (index, dim, cat): a placeholder, as pykeops
+            if axis is not None:
+                raise ValueError("LazyTensor((index, dim, cat)): axis is meaningless here")
+            if len(x) != 3:
+                raise ValueError(f"LazyTensor(x): x is the tuple {x!r}; expected (index, dim, cat)")
+            placeholder = placeholder_lazy_tensor(*check_placeholder_spec(*x, "LazyTensor(x)"))
+            self.formula, self.variables = placeholder.formula, placeholder.variables
             return
         if isinstance(x, numbers.Number) and not _is_array(x):
             if axis is not None:
@@ -167,6 +196,12 @@ class LazyTensor:
 
     @staticmethod
     def _lift(x) -> "LazyTensor":
+        if _is_complex(x):  # + - * / reach jaxkeops/complex_lazy.py through _binary, not here
+            raise TypeError(
+                f"a complex operand where a real LazyTensor is expected (got a "
+                f"{type(x).__name__}): complex formulas support + - * /, real, imag, conj, "
+                "angle, abs, exp, exp1j and sum"
+            )
         return x if isinstance(x, LazyTensor) else LazyTensor(x)
 
     def _merge(self, other: "LazyTensor"):
@@ -196,6 +231,9 @@ class LazyTensor:
         return LazyTensor._make(apply_op(name, (self.formula,), params), self.variables, self.ni, self.nj)
 
     def _binary(self, other, name: str, params: tuple = (), reverse: bool = False) -> "LazyTensor":
+        if _is_complex(other):
+            from jaxkeops.complex_lazy import mixed_binary
+            return mixed_binary(self, other, name, reverse)
         other = LazyTensor._lift(other)
         other_formula, variables, ni, nj = self._merge(other)
         args = (other_formula, self.formula) if reverse else (self.formula, other_formula)
@@ -301,6 +339,22 @@ class LazyTensor:
 
     def cos(self):
         return self._unary("Cos")
+
+    # Complex LazyTensors (jaxkeops/complex_lazy.py) from a real x.
+    def real2complex(self):
+        """x + 0j, a complex LazyTensor."""
+        from jaxkeops.complex_lazy import ComplexLazyTensor
+        return ComplexLazyTensor(self, None)
+
+    def imag2complex(self):
+        """1j * x, a complex LazyTensor."""
+        from jaxkeops.complex_lazy import ComplexLazyTensor
+        return ComplexLazyTensor(None, self)
+
+    def exp1j(self):
+        """exp(1j * x) = cos(x) + 1j * sin(x), a complex LazyTensor."""
+        from jaxkeops.complex_lazy import ComplexLazyTensor
+        return ComplexLazyTensor(self.cos(), self.sin())
 
     def sinxdivx(self):
         """sin(x) / x, 1 at 0."""
@@ -555,10 +609,6 @@ class LazyTensor:
     # --- shape and printing --------------------------------------------------------------------
 
     @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    @property
     def shape(self) -> tuple[int, ...]:
         grid = self.batch_shape + (self.ni or 1, self.nj or 1)
         return grid if self.formula.dim == 1 else grid + (self.formula.dim,)
@@ -594,9 +644,16 @@ class LazyTensor:
         return out
 
     def _reduce(self, reduction: str, axis: int, formulas=None, reduction_params=(),
-                method: str | None = None):
+                method: str | None = None, options: dict | None = None):
+        """The outputs of the reduction; `options` are pykeops' keywords (call_options.py).
+        With placeholders or call=False: a 1-tuple holding the PendingReduction."""
         formulas = (self.formula,) if formulas is None else formulas
         method = method or reduction
+        options = options or {}
+        settings = check_options(method, reduction, options)
+        if not settings.call or has_placeholders(self.variables):
+            return (PendingReduction(self, reduction, axis, formulas, reduction_params, method,
+                                     options),)
         operands = self._batched_operands()
         if not operands:
             raise ValueError(
@@ -633,9 +690,10 @@ class LazyTensor:
         )
         if dtype in _HALF_DTYPES:
             outs = tuple(o.astype(dtype) if o.dtype == jnp.float32 else o for o in outs)
+        settings.deliver(method, outs[0] if len(outs) == 1 else tuple(outs))
         return outs
 
-    def _reduce_weighted(self, reduction: str, weight, axis: int, method: str):
+    def _reduce_weighted(self, reduction: str, weight, axis: int, method: str, options=None):
         """A reduction of two formulas: the scores (self) and a weight LazyTensor."""
         if not isinstance(weight, LazyTensor):
             what = f"an array of shape {tuple(weight.shape)}" if _is_array(weight) else (
@@ -653,103 +711,128 @@ class LazyTensor:
             ) from None
         both = LazyTensor._make(self.formula, variables, ni, nj)
         return both._reduce(reduction, axis, formulas=(self.formula, weight_formula),
-                            method=method)
+                            method=method, options=options)
 
-    def sum(self, axis: int | None = -1, dim: int | None = None):
-        """`sum(-1)`: sum over the feature axis (a new LazyTensor); `sum(0)` / `sum(1)`: Sum
-        reduction over i / over j, an array shaped (N, D) / (M, D). Accumulated in float64."""
+    def sum(self, axis: int | None = -1, dim: int | None = None, keepdim: bool | None = None,
+            **options):
+        """`sum(-1)`: sum over the feature axis (a new LazyTensor of dimension 1, which keeps
+        that axis: `keepdim` is accepted and changes nothing, as pykeops); `sum(0)` / `sum(1)`:
+        Sum reduction over i / over j, an array shaped (N, D) / (M, D). Accumulated in float64.
+        `options`: pykeops' keywords (backend=, call=, out=, ...; jaxkeops/call_options.py)."""
         if dim is not None:
             axis = dim
         if axis in (-1, len(self.batch_shape) + 2):
+            if options:
+                raise TypeError(f"sum(-1): {', '.join(options)} apply to reductions, not to the "
+                                "sum over the feature axis")
             return self._unary("Sum")
+        if keepdim is not None:
+            raise TypeError("sum: keepdim applies to the feature axis (sum(-1)) only")
         axis = self._reduction_axis(axis, None, "sum")
-        return self._reduce("Sum", axis)[0]
+        return self._reduce("Sum", axis, options=options)[0]
 
     # Below, shapes are given for axis=1 (reduce over j, one row per i); axis=0 swaps M and N.
     # On an empty reduced axis: logsumexp -inf, min +inf, max -inf, every arg index -1,
     # sumsoftmaxweight NaN. Index outputs are int32 (int64 under jax_enable_x64); ties go to the
     # lowest index.
 
-    def logsumexp(self, axis: int | None = None, dim: int | None = None, weight=None):
+    def logsumexp(self, axis: int | None = None, dim: int | None = None, weight=None,
+                  other=None, **options):
         """log Σ_j exp(S_ij) for a scalar formula S: (M, 1). With `weight` w (a LazyTensor of
-        dimension E): log Σ_j exp(S_ij) w_ij, (M, E) (NaN where that sum is negative). Computed
-        with a running maximum: any magnitude of S is safe, -inf entries are masked pairs."""
+        dimension E; `other` is pykeops' name for it): log Σ_j exp(S_ij) w_ij, (M, E) (NaN where
+        that sum is negative). Computed with a running maximum: any magnitude of S is safe, -inf
+        entries are masked pairs."""
+        if other is not None:
+            if weight is not None:
+                raise ValueError("logsumexp: give the weight once, as weight= or other=")
+            weight = other
         axis = self._reduction_axis(axis, dim, "logsumexp")
         if weight is None:
-            return self._reduce("LogSumExp", axis, method="logsumexp")[0]
-        return self._reduce_weighted("LogSumExpWeight", weight, axis, "logsumexp")[0]
+            return self._reduce("LogSumExp", axis, method="logsumexp", options=options)[0]
+        return self._reduce_weighted("LogSumExpWeight", weight, axis, "logsumexp", options)[0]
 
-    def sumsoftmaxweight(self, weight, axis: int | None = None, dim: int | None = None):
+    def sumsoftmaxweight(self, weight, axis: int | None = None, dim: int | None = None,
+                         **options):
         """Σ_j exp(S_ij) w_ij / Σ_j exp(S_ij) for a scalar formula S and a weight LazyTensor w of
         dimension E: (M, E). Running maximum, as logsumexp; a row with no unmasked pair is NaN."""
         axis = self._reduction_axis(axis, dim, "sumsoftmaxweight")
-        return self._reduce_weighted("SumSoftMaxWeight", weight, axis, "sumsoftmaxweight")[0]
+        if _is_complex(weight):  # linear in the weight: jaxkeops/complex_lazy.py
+            from jaxkeops.complex_lazy import ComplexLazyTensor, sumsoftmaxweight
+            if isinstance(weight, ComplexLazyTensor):
+                return sumsoftmaxweight(self, weight, axis, "sumsoftmaxweight", options)
+        return self._reduce_weighted("SumSoftMaxWeight", weight, axis, "sumsoftmaxweight",
+                                     options)[0]
 
-    def _pick(self, reduction: str, method: str, axis, dim):
+    def _pick(self, reduction: str, method: str, axis, dim, options=None):
         if dim is not None and axis == -1:  # the default axis: dim= decides
             axis = None
         if self._feature_axis(axis, dim, method):  # over the feature axis: a new LazyTensor
+            if options:
+                raise TypeError(f"{method}(-1): {', '.join(options)} apply to reductions, not "
+                                "to the feature axis")
             return self._unary(reduction)
         axis = self._reduction_axis(axis, dim, method)
-        return self._reduce(reduction, axis, method=method)[0]
+        return self._reduce(reduction, axis, method=method, options=options)[0]
 
-    def min(self, axis: int = -1, dim: int | None = None):
+    def min(self, axis: int = -1, dim: int | None = None, **options):
         """`min(0)` / `min(1)`: minimum over i / over j, per component: (M, D); +inf on an empty
         axis. `min(-1)`: the smallest coordinate (a LazyTensor of dimension 1)."""
-        return self._pick("Min", "min", axis, dim)
+        return self._pick("Min", "min", axis, dim, options)
 
-    def max(self, axis: int = -1, dim: int | None = None):
+    def max(self, axis: int = -1, dim: int | None = None, **options):
         """`max(0)` / `max(1)`: maximum over i / over j, per component: (M, D); -inf on an empty
         axis. `max(-1)`: the largest coordinate (a LazyTensor of dimension 1)."""
-        return self._pick("Max", "max", axis, dim)
+        return self._pick("Max", "max", axis, dim, options)
 
-    def argmin(self, axis: int = -1, dim: int | None = None):
+    def argmin(self, axis: int = -1, dim: int | None = None, **options):
         """`argmin(0)` / `argmin(1)`: index of the minimum, per component (the lowest on ties):
         (M, D) integers; -1 on an empty reduced axis. `argmin(-1)`: index of the first smallest
         coordinate, as a float value (a LazyTensor of dimension 1)."""
-        return self._pick("ArgMin", "argmin", axis, dim)
+        return self._pick("ArgMin", "argmin", axis, dim, options)
 
-    def argmax(self, axis: int = -1, dim: int | None = None):
+    def argmax(self, axis: int = -1, dim: int | None = None, **options):
         """`argmax(0)` / `argmax(1)`: index of the maximum, per component (the lowest on ties):
         (M, D) integers; -1 on an empty reduced axis. `argmax(-1)`: index of the first largest
         coordinate, as a float value (a LazyTensor of dimension 1)."""
-        return self._pick("ArgMax", "argmax", axis, dim)
+        return self._pick("ArgMax", "argmax", axis, dim, options)
 
-    def min_argmin(self, axis: int | None = None, dim: int | None = None):
+    def min_argmin(self, axis: int | None = None, dim: int | None = None, **options):
         """(min, argmin) in one pass; (+inf, -1) on an empty reduced axis."""
         axis = self._reduction_axis(axis, dim, "min_argmin")
-        return tuple(self._reduce("Min_ArgMin", axis, method="min_argmin"))
+        return _pair(self._reduce("Min_ArgMin", axis, method="min_argmin", options=options))
 
-    def max_argmax(self, axis: int | None = None, dim: int | None = None):
+    def max_argmax(self, axis: int | None = None, dim: int | None = None, **options):
         """(max, argmax) in one pass; (-inf, -1) on an empty reduced axis."""
         axis = self._reduction_axis(axis, dim, "max_argmax")
-        return tuple(self._reduce("Max_ArgMax", axis, method="max_argmax"))
+        return _pair(self._reduce("Max_ArgMax", axis, method="max_argmax", options=options))
 
-    def _kmin(self, reduction: str, method: str, K, axis, dim):
+    def _kmin(self, reduction: str, method: str, K, axis, dim, options=None):
         if not isinstance(K, numbers.Integral) or isinstance(K, bool):
             raise TypeError(f"{method}: K is {K!r}; expected a Python int")
         axis = self._reduction_axis(axis, dim, method)
-        return self._reduce(reduction, axis, reduction_params=(int(K),), method=method)
+        return self._reduce(reduction, axis, reduction_params=(int(K),), method=method,
+                            options=options)
 
-    def Kmin(self, K: int, axis: int | None = None, dim: int | None = None):
+    def Kmin(self, K: int, axis: int | None = None, dim: int | None = None, **options):
         """The K smallest values, ascending, per component: (M, K) for a scalar formula,
         (M, K, D) otherwise. Needs 1 <= K <= the size of the reduced axis."""
-        return self._kmin("KMin", "Kmin", K, axis, dim)[0]
+        return self._kmin("KMin", "Kmin", K, axis, dim, options)[0]
 
-    def argKmin(self, K: int, axis: int | None = None, dim: int | None = None):
+    def argKmin(self, K: int, axis: int | None = None, dim: int | None = None, **options):
         """Indices of the K smallest values (as Kmin; equal values in ascending index order)."""
-        return self._kmin("ArgKMin", "argKmin", K, axis, dim)[0]
+        return self._kmin("ArgKMin", "argKmin", K, axis, dim, options)[0]
 
-    def Kmin_argKmin(self, K: int, axis: int | None = None, dim: int | None = None):
+    def Kmin_argKmin(self, K: int, axis: int | None = None, dim: int | None = None, **options):
         """(Kmin, argKmin) in one pass."""
-        return tuple(self._kmin("KMin_ArgKMin", "Kmin_argKmin", K, axis, dim))
+        return _pair(self._kmin("KMin_ArgKMin", "Kmin_argKmin", K, axis, dim, options))
 
     # --- linear algebra: K @ v, transposition, solve ------------------------------------------
 
     def _dtype(self):
         """The dtype shared by the strongly typed variables (weak scalars follow it); None when
         every variable is weak. Raises when the strong ones disagree."""
-        dtypes = {np.dtype(v.array.dtype) for v in self.variables if not v.weak}
+        dtypes = {np.dtype(v.array.dtype) for v in self.variables
+                  if not v.weak and not isinstance(v.array, Placeholder)}
         if len(dtypes) > 1:
             seen = ", ".join(
                 f"Var({k}) {CAT_NAMES[v.cat]} {np.dtype(v.array.dtype)}"
@@ -776,6 +859,8 @@ class LazyTensor:
                 f"K @ v: v is a {type(v).__name__}; expected a jax or NumPy array shaped (N,) "
                 "or (N, E)"
             )
+        if _is_complex(v):
+            return self.real2complex() @ v
         v = jnp.asarray(v)
         batch, n = self.batch_shape, self.nj
         k = len(batch)
@@ -815,8 +900,8 @@ class LazyTensor:
     def T(self) -> "LazyTensor":
         return self.t()
 
-    def solve(self, b, *, alpha=1e-10, eps=1e-6, maxiter: int | None = None,
-              return_info: bool = False):
+    def solve(self, b, var=None, *, alpha=1e-10, eps=1e-6, maxiter: int | None = None,
+              return_info: bool = False, **options):
         """Solve (alpha·I + K) a = b by conjugate gradient, for K symmetric and alpha·I + K
         positive definite (not checked beforehand; a failure is reported in the info).
 
@@ -835,7 +920,19 @@ class LazyTensor:
         With batch dims B (K shaped (*B, M, M)), b is shaped (*B, M) or (*B, M, E), each batch
         dim equal to K's or 1; the systems are solved together (one kernel call per iteration)
         and the info fields get the batch dims in front.
+
+        With `var` (pykeops): K is a formula linear in its variable `var` (e.g. `K_xy * Vj(a)`,
+        var = that `Vj(a)`), and the system is alpha·a + Σ K(..., a) = b, summed over var's
+        axis, b living on the other one (an array: i, as pykeops). `options`: pykeops' keywords
+        (backend=, device_id=, ...: jaxkeops/call_options.py).
         """
+        if not check_options("solve", "Sum", options).call:
+            raise NotImplementedError("solve: call=False is not supported (call it with arrays)")
+        if var is not None:
+            from jaxkeops.kernel_solve import solve_for_variable
+
+            return solve_for_variable(self, b, var, alpha=alpha, eps=eps, maxiter=maxiter,
+                                      return_info=return_info)
         operator, rhs = self, b
         if isinstance(b, LazyTensor):
             if not isinstance(b.formula, Var) or b.formula.cat == CAT_P:
@@ -1032,14 +1129,25 @@ def _merge_size(a: int | None, b: int | None, what: str) -> int | None:
     return a if a is not None else b
 
 
-def Vi(x) -> LazyTensor:
-    """An i variable from an array shaped (M, D)."""
+def Vi(x, dim: int | None = None) -> LazyTensor:
+    """An i variable from an array shaped (M, D); `Vi(index, dim)`: a placeholder for argument
+    `index` of a later call (an array (M, dim))."""
+    if dim is not None:
+        return placeholder_lazy_tensor(*check_placeholder_spec(x, dim, CAT_I, "Vi(index, dim)"))
     return _from_2d(x, 0, "Vi")
 
 
-def Vj(x) -> LazyTensor:
-    """A j variable from an array shaped (N, D)."""
+def Vj(x, dim: int | None = None) -> LazyTensor:
+    """A j variable from an array shaped (N, D); `Vj(index, dim)`: a placeholder for argument
+    `index` of a later call (an array (N, dim))."""
+    if dim is not None:
+        return placeholder_lazy_tensor(*check_placeholder_spec(x, dim, CAT_J, "Vj(index, dim)"))
     return _from_2d(x, 1, "Vj")
+
+
+def _pair(outs):
+    """The outputs of a two-output reduction as a tuple, or the one pending reduction."""
+    return outs[0] if isinstance(outs[0], PendingReduction) else tuple(outs)
 
 
 def _from_2d(x, axis: int, name: str) -> LazyTensor:
@@ -1050,9 +1158,15 @@ def _from_2d(x, axis: int, name: str) -> LazyTensor:
     return LazyTensor(x, axis=axis)
 
 
-def Pm(p) -> LazyTensor:
+def Pm(p, dim: int | None = None) -> LazyTensor:
     """A parameter (an operand, not a constant: traced values stay differentiable) from a
-    number, a 0-d or a 1-d array."""
+    number, a 0-d or a 1-d array; `Pm(index, dim)`: a placeholder for argument `index` of a
+    later call (an array (dim,))."""
+    if dim is not None:
+        return placeholder_lazy_tensor(*check_placeholder_spec(p, dim, CAT_P, "Pm(index, dim)"))
+    if _is_complex(p):
+        from jaxkeops.complex_lazy import complex_parameter
+        return complex_parameter(p)
     python_number = isinstance(p, numbers.Number) and not _is_array(p)
     weak = python_number or _is_weak_scalar(p)  # takes the dtype of the other operands
     p = jnp.asarray(float(p) if python_number else p)

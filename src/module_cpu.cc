@@ -24,4 +24,8 @@ NB_MODULE(_jaxkeops_cpu, m) {
       [](bool allow) { return jaxkeops::fused::allow_hot_bodies.exchange(allow); },
       "Whether the host emulation of jaxkeops_fused may use the hot bodies (else the generic "
       "body of each reducer family); returns the previous setting. For tests.");
+  m.def(
+      "fused_emulation_hot_phi_launches",
+      []() { return jaxkeops::fused::hot_phi_launches.load(); },
+      "Launches the host emulation of jaxkeops_fused ran on the hot φ-program body. For tests.");
 }

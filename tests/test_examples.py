@@ -90,7 +90,7 @@ def test_api_reference_lists_every_public_name():
     boilerplate = {"__init__", "__dict__", "__doc__", "__module__", "__weakref__",
                    "__array_priority__"}
     names = set(jaxkeops.__all__) | {"__version__"} | {
-        name for name in vars(LazyTensor)
+        name for klass in LazyTensor.__mro__[:-1] for name in vars(klass)  # mixins included
         if (not name.startswith("_") or (name.startswith("__") and name.endswith("__")))
         and name not in boilerplate
     }

@@ -7,6 +7,7 @@ emulation (`emulate_fused_on_cpu`), match the dense float64 oracle. The emulatio
 CPU module's `jaxkeops_fused` target and are skipped without it.
 """
 
+import itertools
 import math
 
 import jax
@@ -313,10 +314,15 @@ def test_explain_outside_the_families_says_interpreter(rng):
         records = jaxkeops.explain(fn, x, y, platform="cuda")
         assert [r.kernel for r in records] == ["interpreter"], name
         assert (records[0].n_outer, records[0].n_inner) == (6, 8)
-    # Σ_j sin(⟨x_i, y_j⟩)·‖x_i - y_j‖₁ is in a family: the l1 score, a = ⟨x_i, y_j⟩, a program
-    (r,) = jaxkeops.explain(lambda x, y: ((Vi(x) | Vj(y)).sin() * l1(x, y)).sum(1), x, y,
+    # Σ_j atan(⟨x_i, y_j⟩)·‖x_i - y_j‖₁ is in a family: the l1 score, a = ⟨x_i, y_j⟩, a program
+    (r,) = jaxkeops.explain(lambda x, y: ((Vi(x) | Vj(y)).atan() * l1(x, y)).sum(1), x, y,
                             platform="cuda")
     assert r.kernel == "fused Sum: program(l1, a)"
+    # ... but not with sin, cos or sinc, whose CUDA math needs a stack frame: the interpreter
+    for op in ("sin", "cos", "sinxdivx"):
+        (r,) = jaxkeops.explain(
+            lambda x, y: (getattr(Vi(x) | Vj(y), op)() * l1(x, y)).sum(1), x, y, platform="cuda")
+        assert r.kernel == "interpreter", op
 
 
 def test_explain_records_sizes_batch_dtype_and_prints_a_table(rng):
@@ -493,6 +499,45 @@ def test_emulated_fused_gradients_match_the_oracle(rng, name, wrt, backend, axis
     with _fused(backend):
         grad = jax.jit(_loss(name, axis, wrt, jnp.asarray(cot, dtype)))(_as_jax(a))[wrt]
     _check(grad, ref, dtype)
+
+
+# The φ-program families (their φ is a program, not affine) forward and differentiated with
+# respect to x, y and b: on the hot φ-program body (src/fused/phi_rows.h, D ≤ 4) and on the
+# generic body, both against the dense oracle. (D, dtype, n_outer, n_inner) cycle over the
+# table; D = 6 is past the hot body (generic both times).
+PHI_FAMILIES = ["laplace", "cauchy", "inverse_multiquadric", "matern32", "matern52"]
+PHI_SHAPES = [(1, np.float32, 1, 131), (3, np.float64, 130, 1), (4, np.float32, 67, 45),
+              (3, np.float32, 257, 33), (6, np.float64, 20, 30)]
+PHI_CASES = [(name, wrt) + PHI_SHAPES[k % len(PHI_SHAPES)]
+             for k, (name, wrt) in enumerate(itertools.product(PHI_FAMILIES, [None, "x", "y", "b"]))]
+
+
+@needs_emulation
+@pytest.mark.parametrize("name,wrt,D,dtype,n_outer,n_inner", PHI_CASES)
+def test_phi_program_families_hot_and_generic_match_the_oracle(rng, name, wrt, D, dtype, n_outer,
+                                                               n_inner):
+    case = f"{name} sum"
+    a = _arrays(rng, n_outer, n_inner, D=D, dtype=dtype)
+    a64 = _as_jax({k: v.astype(np.float64) for k, v in a.items()})
+    dense = CASES[case][1]
+    if wrt is None:
+        fn, ref = _forward(case, 1), dense(a64, 1)
+    else:
+        cot = rng.normal(size=(n_outer, a["b"].shape[1]))
+        fn = _loss(case, 1, wrt, jnp.asarray(cot, dtype))
+        ref = jax.grad(lambda p, a: jnp.sum(dense({**a, **p}, 1) * cot))({wrt: a64[wrt]}, a64)[wrt]
+    with emulate_fused_on_cpu():
+        compiled = jax.jit(fn)  # one compilation; the body is chosen when the call runs
+        for hot in (True, False):
+            previous = _native.cpu.set_fused_emulation_hot(hot)
+            try:
+                before = _native.cpu.fused_emulation_hot_phi_launches()
+                out = jax.block_until_ready(compiled(_as_jax(a)))
+                launches = _native.cpu.fused_emulation_hot_phi_launches() - before
+            finally:
+                _native.cpu.set_fused_emulation_hot(previous)
+            assert (launches > 0) == (hot and D <= 4), (hot, launches)
+            _check(out[wrt] if wrt else out, ref, dtype)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

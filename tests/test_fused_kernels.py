@@ -51,14 +51,14 @@ def matern52(s, c):
 
 
 def mixed_program():
-    """u_i0 / (1 + s²) + v_j0 · a_ij + cos(s)·|v_j0|³ using every kind of reference and Pow."""
+    """u_i0 / (1 + s²) + v_j0 · a_ij + atan(s)·|v_j0|³ using every kind of reference and Pow."""
     return sum([
         ins("Pow", 1, S_REF, 2),             # r1 = s²
         ins("Add", 1, 1, C_REF + 0),         # r1 = s² + C0 (C0 = 1)
         ins("Divide", 0, U_REF, 1),          # r0 = u / (1 + s²)
         ins("Mult", 2, V_REF, A_REF),        # r2 = v a
         ins("Add", 0, 0, 2),
-        ins("Cos", 3, S_REF),
+        ins("Atan", 3, S_REF),
         ins("Abs", 2, V_REF),
         ins("Pow", 2, 2, 3),
         ins("Mult", 3, 3, 2),
@@ -67,7 +67,39 @@ def mixed_program():
 
 
 def mixed(s, a, u, v):
-    return u / (1 + s * s) + v * a + np.cos(s) * np.abs(v) ** 3
+    return u / (1 + s * s) + v * a + np.arctan(s) * np.abs(v) ** 3
+
+
+def hot_program():
+    """(u_i0 / (1 + s²) + v_j0 a_ij + log(1 + s) |v_j0|³ − √s / √(1 + s)) exp(−u_i0²): every
+    op of the hot φ-program body's block interpreter (phi_block.h), every kind of reference."""
+    return sum([
+        ins("Pow", 1, S_REF, 2),             # r1 = s²
+        ins("Add", 1, 1, C_REF + 0),         # r1 = 1 + s² (C0 = 1)
+        ins("Divide", 0, U_REF, 1),          # r0 = u / (1 + s²)
+        ins("Mult", 2, V_REF, A_REF),        # r2 = v a
+        ins("Add", 0, 0, 2),
+        ins("Add", 3, S_REF, C_REF + 0),     # r3 = 1 + s
+        ins("Log", 3, 3),
+        ins("Abs", 2, V_REF),
+        ins("Pow", 2, 2, 3),                 # r2 = |v|³
+        ins("Mult", 3, 3, 2),
+        ins("Add", 0, 0, 3),
+        ins("Sqrt", 1, S_REF),
+        ins("Add", 2, S_REF, C_REF + 0),
+        ins("Rsqrt", 2, 2),
+        ins("Mult", 1, 1, 2),
+        ins("Subtract", 0, 0, 1),
+        ins("Square", 1, U_REF),
+        ins("Minus", 1, 1),
+        ins("Exp", 1, 1),                    # r1 = exp(-u²)
+        ins("Mult", 0, 0, 1),
+    ], [])
+
+
+def hot(s, a, u, v):
+    return (u / (1 + s * s) + v * a + np.log(1 + s) * np.abs(v) ** 3
+            - np.sqrt(s) / np.sqrt(1 + s)) * np.exp(-u * u)
 
 
 # ---------------------------------------------------------------- the oracle
@@ -102,6 +134,8 @@ def _oracle_pairs(x, y, c, u, v, ao, ai, z, score, phi, factor, reduction, progr
         f = np.ones_like(s)
     elif program_kind == "matern":
         f = matern52(s, c[D if score == 4 else 0])
+    elif program_kind == "hot":
+        f = hot(s, a, u[:, :1], v[None, :, 0])
     else:
         f = mixed(s, a, u[:, :1], v[None, :, 0])
     if ao.shape[1] and phi != PROGRAM and reduction == RED["Sum"]:
@@ -231,6 +265,8 @@ def operands(rng, M, N, D, dtype, NC=4, NU=0, NV=0, NA=0, E=0, batch=(), scale=1
 def program_for(phi, kind, score, D):
     if phi != PROGRAM:
         return ()
+    if kind == "hot":
+        return hot_program()
     return matern52_program(D if score == 4 else 0) if kind == "matern" else mixed_program()
 
 
@@ -242,7 +278,7 @@ def coefficients(ops, score, phi, kind):
     if phi == PROGRAM and kind == "matern":
         C[..., base + 1] = 1.0
         C[..., base + 2] = 1.0 / 3.0
-    if phi == PROGRAM and kind == "mixed":
+    if phi == PROGRAM and kind in ("mixed", "hot"):
         C[..., 0] = 1.0
     if phi in (AFFINE, EXP_AFFINE) and score in (0, 2, 3):
         C[..., 0] *= -0.3 if phi == EXP_AFFINE else 1.0  # keep exp of dot/l1 scores moderate
@@ -455,6 +491,47 @@ def _check_hot_case(rng, score, D, spec, dtype, n):
         check_pick(outs, refs, name, dtype, f[..., None] * psi)
 
 
+# The hot φ-program body (src/fused/phi_rows.h: sqdist, D ≤ 4, Sum with factor none, Z of
+# E ≤ 3 or the difference, NU, NV ≤ 1, NA ≤ 3, the block interpreter's ops) against the oracle and
+# against the generic body; then calls just outside it, which must fall back to the generic body.
+# (factor, NA, E, D, dtype, (M, N), whether the hot φ body takes it, program kind)
+HOT_PHI_CASES = [
+    (0, 2, 0, 1, np.float32, (1, 130), True, "hot"),
+    (1, 0, 1, 3, np.float64, (257, 1), True, "hot"),
+    (1, 0, 3, 4, np.float32, (300, 1000), True, "hot"),     # several splits, merged
+    (2, 3, 0, 3, np.float64, (129, 257), True, "hot"),
+    (2, 0, 0, 2, np.float32, (33, 35), True, "hot"),
+    (2, 1, 0, 4, np.float64, (7, 5), True, "matern"),
+    (1, 0, 2, 3, np.float32, (300, 0), True, "hot"),        # empty inner axis: zeros
+    (2, 2, 0, 5, np.float32, (40, 70), False, "hot"),       # D > 4
+    (1, 0, 4, 2, np.float64, (40, 70), False, "hot"),       # E > 3
+    (0, 4, 0, 2, np.float32, (40, 70), False, "hot"),       # NA > 3
+    (1, 1, 2, 2, np.float64, (40, 70), False, "hot"),       # a_ij with Z_j
+    (0, 2, 0, 3, np.float32, (40, 70), False, "mixed"),     # Atan: not a block-interpreter op
+]
+
+
+@pytest.mark.parametrize("factor,NA,E,D,dtype,size,takes,kind", HOT_PHI_CASES)
+def test_hot_phi_program_body(rng, factor, NA, E, D, dtype, size, takes, kind):
+    M, N = size
+    ops = operands(rng, M, N, D, dtype, NC=4, NU=1, NV=1, NA=NA, E=E, scale=0.7)
+    ops[2] = coefficients(ops, 1, PROGRAM, kind)
+    prog = program_for(PROGRAM, kind, 1, D)
+    (ref,) = oracle(ops, 1, PROGRAM, factor, RED["Sum"], 0, kind)
+    sl = [o.astype(np.float64) for o in ops]
+    f, psi = oracle_pairs(*sl, 1, PROGRAM, factor, RED["Sum"], kind)
+    for allow_hot in (True, False):
+        previous = native.cpu.set_fused_emulation_hot(allow_hot)
+        try:
+            before = native.cpu.fused_emulation_hot_phi_launches()
+            (out,) = fused(ops, 1, PROGRAM, factor, RED["Sum"], program=prog)
+            launches = native.cpu.fused_emulation_hot_phi_launches() - before
+        finally:
+            native.cpu.set_fused_emulation_hot(previous)
+        assert launches == (1 if takes and allow_hot else 0)
+        check_values(out, ref, dtype, scale=value_scale(f, psi) + 1e-300)
+
+
 # ---------------------------------------------------------------- edges
 
 
@@ -650,6 +727,10 @@ def _error_case(rng, **changes):
     (dict(phi=PROGRAM, program=[OP["Add"], 4, S_REF, S_REF]), "dst = 4 is not a slot"),
     (dict(phi=PROGRAM, program=[OP["SqDist"], 0, S_REF, S_REF]), "opcode 16 is not a unary or binary"),
     (dict(phi=PROGRAM, program=[OP["IfElse"], 0, S_REF, S_REF]), "opcode 35 is not a unary or binary"),
+    (dict(phi=PROGRAM, program=[OP["Exp"], 1, S_REF, 0, OP["Cos"], 0, 1, 0]),
+     "instruction 1: opcode 19 (Cos) is not run by the fused kernels"),
+    (dict(phi=PROGRAM, program=[OP["Sin"], 0, S_REF, 0]), "opcode 18 (Sin) is not run"),
+    (dict(phi=PROGRAM, program=[OP["SinXDivX"], 0, S_REF, 0]), "opcode 25 (SinXDivX) is not run"),
 ])
 def test_bad_attributes_are_named(rng, changes, message):
     ops, kw = _error_case(rng, **changes)

@@ -21,7 +21,7 @@ import pathlib
 import re
 import tempfile
 
-from jaxkeops.benchmarks import cuda_tools, keops_codegen, sass
+from jaxkeops.benchmarks import cuda_tools, keops_codegen, sass, sass_walk
 
 ARCH = "sm_90"
 D = 3
@@ -45,13 +45,28 @@ FUSED_BODIES = {
     "argkmin": {"phi": "0", "acc": "KMinAcc<", "extra": "0"},
 }
 
+# Two φ-program workloads (float32, D = 3) on the hot φ-program body
+# HotPhiRows<T, DC, F, R, J> (src/fused/phi_rows.h; F 1 = Z_j, 2 = X_i − Y_j): resources only.
+# Its program runs through a dispatch per instruction (jump tables, BRX) that sass.py's path
+# walk does not follow, so no instructions-per-pair figure is printed for them.
+PHI_CASES = {
+    "laplace": ("Laplace sum Σ_j exp(−‖x_i−y_j‖) b_j", "1"),
+    "matern52_grad_x": ("Matérn 5/2 sum, gradient wrt x", "2"),
+}
+PHI_NOTE = "instr/pair: not counted (φ program dispatched per block of pairs; see docs)"
+
+
+def _phi_match(demangled: str, case: str) -> bool:
+    args = _template_args(demangled, "HotPhiRows")
+    return (args is not None and len(args) == 5 and args[0] == "float" and args[1] == str(D)
+            and args[2] == PHI_CASES[case][1])
+
 
 # The interpreter's kernel of each workload (src/cuda/executor.cu), for its resources.
 INTERPRETER_KERNELS = {"gaussian": "reduce_kernel<float, SumOps>",
                        "logsumexp": "reduce_kernel<float, ExpSumOps>",
                        "argkmin": "reduce_kernel<float, KMinOps>"}
-INTERPRETER_NOTE = ("instr/pair: see docs/benchmarks.md (an interpreter: its path depends on the "
-                    "program; counted by hand)")
+INTERPRETER_NOTE = "not counted (no line info, or the walk failed: see sass_walk.py)"
 
 
 def staged_bytes_per_j(d: int) -> int:
@@ -162,6 +177,7 @@ def module_rows(tools, folder) -> tuple[list[str], dict[tuple[str, str], Row], s
     table = ["| kernel | regs | stack (B) | local (B) | shared (B) | local-memory instructions |",
              "|---|---|---|---|---|---|"]
     found: dict[tuple[str, str], Row] = {}
+    interpreter_cubins: list[str] = []
     for cubin in cubins:
         resources = cuda_tools.resource_usage(tools["cuobjdump"], cubin)
         kernels = sass.parse(cuda_tools.disassemble(tools["nvdisasm"], cubin))
@@ -175,6 +191,12 @@ def module_rows(tools, folder) -> tuple[list[str], dict[tuple[str, str], Row], s
                     found[case, "interpreter"] = Row(
                         "jaxkeops interpreter", case, res.registers, res.stack,
                         f"{res.local} B; {_local_instructions(code)}", note=INTERPRETER_NOTE)
+                    interpreter_cubins.append(cubin)
+            for case in PHI_CASES:
+                if _phi_match(names[mangled], case):
+                    found[case, "fused"] = Row(
+                        "jaxkeops fused (HotPhiRows)", case, res.registers, res.stack,
+                        f"{res.local} B; {_local_instructions(code)}", note=PHI_NOTE)
             for case in CASES:
                 rows = _fused_match(names[mangled], case)
                 if rows is None or (case, "fused") in found:
@@ -184,7 +206,30 @@ def module_rows(tools, folder) -> tuple[list[str], dict[tuple[str, str], Row], s
                 row.regs, row.stack = res.registers, res.stack
                 row.local = f"{res.local} B; {_local_instructions(code)}"
                 found[case, "fused"] = row
+    _count_interpreter(tools, sorted(set(interpreter_cubins)), found)
     return table, found, f"{os.path.basename(path)} ({len(cubins)} {ARCH} cubin)"
+
+
+def _count_interpreter(tools, cubins, found) -> None:
+    """The interpreter rows' instructions per pair: one sub-tile walked with each workload's
+    program (sass_walk.py); a failed walk leaves its CHECK sentence in the note."""
+    rows = {case: row for (case, kind), row in found.items() if kind == "interpreter"}
+    counts: dict = {}
+    for cubin in cubins:
+        text = sass_walk.disassemble_with_lines(tools["nvdisasm"], cubin)
+        for case, count in sass_walk.interpreter_counts(text, tuple(rows)).items():
+            if not isinstance(counts.get(case), sass_walk.SubTileCount):
+                counts[case] = count
+    for case, row in rows.items():
+        count = counts.get(case, INTERPRETER_NOTE)
+        if isinstance(count, str):
+            row.note = count
+            continue
+        row.per_pair = count.per_pair
+        row.pairs = (f"{count.pairs} = one sub-tile (kSubTile), its path walked with the "
+                     f"workload's program")
+        row.note = "per sub-tile: " + "; ".join(f"{label} {n}"
+                                                 for label, n in count.parts.items())
 
 
 def _loop_row(implementation, case, kernel, code, bytes_per_j, rows, known_rows=False) -> Row:
@@ -285,6 +330,11 @@ def report() -> str:
             table.append(f"| {title} | {r.implementation} | {_fmt(r.regs, 0)} | "
                          f"{_fmt(r.stack, 0)} | {r.local} | {_fmt(r.per_pair)} | "
                          f"{_fmt(r.longest)} | {r.pairs} | {r.note} |")
+    for case, (title, _) in PHI_CASES.items():
+        r = ours.get((case, "fused")) or Row("jaxkeops fused (HotPhiRows)", case,
+                                             note="n/a (no such kernel in this build)")
+        table.append(f"| {title} | {r.implementation} | {_fmt(r.regs, 0)} | {_fmt(r.stack, 0)} "
+                     f"| {r.local} | — | — | | {r.note} |")
     versions = ", ".join(f"{n} {cuda_tools.tool_version(p)}" for n, p in tools.items() if p)
     notes = [
         "\n".join(table),
@@ -304,6 +354,13 @@ def report() -> str:
                  "staged row, D + 1 floats padded to 2, 4 or 8) × rows per thread (KeOps: one; "
                  "fused: the template argument R of HotRows, checked against how many times each "
                  "value loaded from shared memory is read).")
+    notes.append("Interpreter rows (jaxkeops/benchmarks/sass_walk.py): no straight-line loop, "
+                 "so one steady-state sub-tile (16 pairs of a full j tile) is walked on the "
+                 "module's SASS with line info: the kernel parameters, pre-decoded pair "
+                 "instructions and jump tables of the workload's program (built by "
+                 "jaxkeops.program) decide every branch, branches on data take their "
+                 "steady-state side (no new maximum, no K-list insertion), and every issued "
+                 "instruction is counted; a branch nothing decides fails the walk (CHECK).")
     if resource_table:
         notes.append("Kernels of the built module (sm_90; shared memory as cuobjdump counts it, "
                      "with the 1 KiB sm_90 reserves per block; local-memory instructions: STL/LDL "

@@ -9,6 +9,7 @@
 #include "batch.h"
 #include "call_layout.h"
 #include "fused/fused_call.h"
+#include "fused/pair_math.h"
 #include "ops.h"
 #include "reductions.h"
 #include "xla/ffi/api/ffi.h"
@@ -158,6 +159,11 @@ inline std::string check_attributes(FusedCall* c, ffi::Span<const int32_t> progr
     if (!unary && !binary && !pow)
       return "program instruction " + std::to_string(i) + ": opcode " + std::to_string(op) +
              " is not a unary or binary elementwise op of the op table, nor Pow";
+    if (!fused_program_op(static_cast<Op>(op)))
+      return "program instruction " + std::to_string(i) + ": opcode " + std::to_string(op) +
+             " (" + find_op(op)->name +
+             ") is not run by the fused kernels (its CUDA math needs a stack frame); the "
+             "interpreter runs such formulas";
     if (dst < 0 || dst >= kSlots)
       return "program instruction " + std::to_string(i) + ": dst = " + std::to_string(dst) +
              " is not a slot 0..3";

@@ -11,6 +11,8 @@
 #include "fused/fused_call.h"
 #include "fused/kernel_body.h"
 #include "fused/pair_math.h"
+#include "fused/phi_block.h"
+#include "fused/phi_rows.h"
 
 namespace jaxkeops::fused {
 
@@ -88,6 +90,44 @@ void visit_hot_d(const FusedCall& c, HotKind kind, F&& f) {
   }
 }
 
+// The hot φ-program body (phi_rows.h): rows per thread and inner points per register block.
+// Float: 2 rows x 4 points; double: 1 row x 4 points (twice the registers per value). On sm_90
+// (ptxas 13.0) float blocks of 2 x 8 spill; double blocks of 2 x 4 fit but at 240-255 registers.
+template <class T>
+inline constexpr int kPhiRows = sizeof(T) == 4 ? 2 : 1;
+template <class T>
+inline constexpr int kPhiBlockJ = 4;
+
+// Whether a φ-program call fits the hot φ-program body: a Sum of a sqdist score, D <= 4, U and
+// V of at most one column, the program's ops those of the block interpreter, and the inner
+// vectors a staged row holds (Z_j of E <= 3 without a_ij, or AI_j of NA <= 3).
+inline bool hot_phi_program(const FusedCall& c) {
+  if (c.phi != kProgram || c.score != kSqDist || c.family != int32_t(Family::kSum)) return false;
+  if (c.D < 1 || c.D > kHotMaxD || c.NU > 1 || c.NV > 1 || c.NA > kPhiVec) return false;
+  if (c.factor == kFactorZ && (c.E > kPhiVec || c.NA > 0)) return false;
+  return phi_program_is_hot(c);
+}
+
+template <class T, int DC, class F>
+void visit_hot_phi_factor(const FusedCall& c, F&& f) {
+  constexpr int R = kPhiRows<T>, J = kPhiBlockJ<T>;
+  switch (c.factor) {
+    case kFactorNone: f(BodyTag<HotPhiRows<T, DC, kFactorNone, R, J>>{}); break;
+    case kFactorZ: f(BodyTag<HotPhiRows<T, DC, kFactorZ, R, J>>{}); break;
+    default: f(BodyTag<HotPhiRows<T, DC, kFactorDiff, R, J>>{}); break;
+  }
+}
+
+template <class T, class F>
+void visit_hot_phi(const FusedCall& c, F&& f) {
+  switch (c.D) {
+    case 1: visit_hot_phi_factor<T, 1>(c, f); break;
+    case 2: visit_hot_phi_factor<T, 2>(c, f); break;
+    case 3: visit_hot_phi_factor<T, 3>(c, f); break;
+    default: visit_hot_phi_factor<T, 4>(c, f); break;
+  }
+}
+
 template <class T, bool P, class F>
 void visit_generic_family(const FusedCall& c, F&& f) {
   constexpr int CH = kGenericChunk;
@@ -130,7 +170,9 @@ void visit_generic(const FusedCall& c, F&& f) {
 template <class T, class F>
 void visit_body(const FusedCall& c, bool allow_hot, F&& f) {
   const HotKind kind = allow_hot ? hot_kind(c) : HotKind::kNone;
-  if (kind == HotKind::kNone) {
+  if (kind == HotKind::kNone && allow_hot && hot_phi_program(c)) {
+    visit_hot_phi<T>(c, f);
+  } else if (kind == HotKind::kNone) {
     visit_generic<T>(c, f);
   } else if (c.score == kSqDist) {
     visit_hot_d<T, kSqDist>(c, kind, f);
@@ -146,6 +188,10 @@ template <class T, class Acc, int CH, bool P>
 struct BodyChunk<GenericRow<T, Acc, CH, P>> : std::integral_constant<int, CH> {};
 template <class T, int S, int PhiK, int DC, int R, class Acc, Extra X>
 struct BodyChunk<HotRows<T, S, PhiK, DC, R, Acc, X>> : std::integral_constant<int, 1> {};
+
+template <class T, int DC, int F, int R, int J>
+struct BodyChunk<HotPhiRows<T, DC, F, R, J>>
+    : std::integral_constant<int, HotPhiRows<T, DC, F, R, J>::VC> {};
 
 // Launch shape (no device needed): rows per block, chunks, splits of the inner axis and the
 // state buffer. Splits only when batch × chunks × row blocks cannot fill `sm_count` SMs with a

@@ -11,11 +11,13 @@
 #include "fused/decode.h"
 #include "fused/dispatch.h"
 #include "fused/emulate.h"
+#include "fused/phi_rows.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace jaxkeops::fused {
 
 std::atomic<bool> allow_hot_bodies{true};
+std::atomic<int64_t> hot_phi_launches{0};
 
 namespace {
 
@@ -33,6 +35,7 @@ std::string run(const DecodedCall& d, bool allow_hot) {
       if (!error.empty()) return;
       std::vector<double> state(state_doubles(call));
       call.state = state.empty() ? nullptr : state.data();
+      if constexpr (IsHotPhiRows<Body>::value) hot_phi_launches.fetch_add(1);
       emulate_launch<T, Body>(call);
     });
     if (!error.empty()) break;

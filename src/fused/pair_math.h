@@ -179,6 +179,14 @@ struct Slots {
 
 }  // namespace detail
 
+// Ops no fused kernel runs: CUDA's sin and cos reduce huge arguments (Payne–Hanek) through an
+// array on the stack, which would give every kernel that can run a program a stack frame (and
+// local-memory traffic). The matcher leaves formulas with them to the interpreter, and the
+// handlers reject programs that use them (decode.h).
+inline constexpr bool fused_program_op(Op op) {
+  return op != Op::Sin && op != Op::Cos && op != Op::SinXDivX;
+}
+
 // Runs a validated φ program (4 ints per instruction); φ is slot 0 at the end.
 template <class T>
 JAXKEOPS_HD inline T run_phi_program(const int32_t* prog, int32_t n_instr, const PhiInputs<T>& in) {
@@ -188,8 +196,10 @@ JAXKEOPS_HD inline T run_phi_program(const int32_t* prog, int32_t n_instr, const
     const T a = slots.get(ins[2], in);
     T r = a;
     switch (static_cast<Op>(ins[0])) {
-#define JAXKEOPS_FUSED_UNARY(name, code, keops) \
-  case Op::name: r = opfn::name::apply(a); break;
+#define JAXKEOPS_FUSED_UNARY(name, code, keops)                      \
+  case Op::name:                                                     \
+    if constexpr (fused_program_op(Op::name)) r = opfn::name::apply(a); \
+    break;
       JAXKEOPS_UNARY_ELEMENTWISE_OPS(JAXKEOPS_FUSED_UNARY)
 #undef JAXKEOPS_FUSED_UNARY
 #define JAXKEOPS_FUSED_BINARY(name, code, keops) \
