@@ -913,3 +913,21 @@ def test_block_sparse_ranges_are_never_silently_ignored(rng):
     ranges = tuple(np.zeros((1, 2), np.int32) for _ in range(6))
     with pytest.raises(NotImplementedError, match="ranges"):
         K.ranges = ranges
+
+
+def test_matmul_takes_pykeops_keywords(rng):
+    """KeOps' tests call K.__matmul__(b, backend=, sum_scheme=, device_id=, out=): the keywords
+    of the Sum, with out= of the product's own shape (also for a vector b)."""
+    x, y, b = rng.normal(size=(7, 2)), rng.normal(size=(9, 2)), rng.normal(size=9)
+    K = (-Vi(x).sqdist(Vj(y))).exp()
+    want = np.exp(-_sqdist(x, y)) @ b
+    out = np.empty(7)
+    result = K.__matmul__(b, out=out, sum_scheme="block_sum", device_id=-1)
+    np.testing.assert_array_equal(out, result)
+    _close64(out, want)
+    with pytest.raises(TypeError, match="unexpected keyword argument\\(s\\) 'foo'"):
+        K.__matmul__(b, foo=1)
+    with pytest.raises(TypeError, match="call=False is not available for @"):
+        K.__matmul__(b, call=False)
+    with pytest.raises(ValueError, match="out has shape \\(7, 1\\)"):
+        K.__matmul__(b, out=np.empty((7, 1)))
