@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import SEED
 from jaxkeops import Genred, KernelSolve, LazyTensor, Pm, Vi, Vj
 
 KEOPS_CASES = (
@@ -554,6 +555,9 @@ def test_test_vmap__test_vmap_2(rng):
 # --- the Gaussian-convolution files: K @ b with pykeops' keywords -------------------------------
 
 
+# Module-scoped fixtures below draw from np.random.default_rng([SEED, k]): the run's seed.
+
+
 def _gaussian_matvec_case(rng, m, n, d, dv, dtype, batch_x=(), batch_y=(), batch_b=(),
                           **options):
     """(K @ b with `options`, the dense float64 reference) for K = exp(-|x_i - y_j|²)."""
@@ -657,7 +661,7 @@ def conv2d_results():
     # KeOps: M, N = 20000, 30000 with backend="GPU_2D"; here a size the dense reference affords
     # (the backend keyword warns and runs where the arrays are).
     with pytest.warns(UserWarning, match="backend"):
-        return _second_order_case(np.random.default_rng(20), 400, 600, backend="GPU_2D")
+        return _second_order_case(np.random.default_rng([SEED, 20]), 400, 600, backend="GPU_2D")
 
 
 def test_conv2d__test_conv2d_fw(conv2d_results):
@@ -674,7 +678,7 @@ def test_conv2d__test_conv2d_bw2(conv2d_results):
 
 @pytest.fixture(scope="module")
 def gaussian_cpu_results():
-    return _second_order_case(np.random.default_rng(21), 300, 250, backend="auto")
+    return _second_order_case(np.random.default_rng([SEED, 21]), 300, 250, backend="auto")
 
 
 def test_test_lazytensor_gaussian_cpu__test_lazytensor_gaussian_cpu(gaussian_cpu_results):
@@ -732,10 +736,10 @@ def _gaussian_batch(rng, order):
     _close32(ours, want, 1e-4)
 
 
-def _cos_grad_chain(rng, lazy, x, y, b):
+def _cos_grad_chain(lazy, x, y, b):
     def out(x):
         if lazy:
-            return ((LazyTensor(x) .cos() - LazyTensor(y)).sum(dim=2) @ b).squeeze()
+            return ((LazyTensor(x).cos() - LazyTensor(y)).sum(dim=2) @ b).squeeze()
         return ((jnp.cos(x) - y).sum(2) @ b).squeeze()
 
     g = jax.grad(lambda x: jnp.sum(out(x) ** 2))
@@ -744,9 +748,9 @@ def _cos_grad_chain(rng, lazy, x, y, b):
 
 @pytest.fixture(scope="module")
 def grad_chain():
-    rng = np.random.default_rng(30)
+    rng = np.random.default_rng([SEED, 30])
     x, y, b = rng.uniform(size=(100, 1, 3)), rng.uniform(size=(1, 100, 1)), rng.normal(size=(100, 1))
-    return [_cos_grad_chain(rng, lazy, x, y, b) for lazy in (True, False)]
+    return [_cos_grad_chain(lazy, x, y, b) for lazy in (True, False)]
 
 
 def test_test_lazytensor_grad__test_lazytensor_grad(grad_chain):
@@ -763,7 +767,7 @@ def test_test_lazytensor_grad__test_lazytensor_grad_bw2(grad_chain):
 
 @pytest.fixture(scope="module")
 def clamp_results():
-    rng = np.random.default_rng(40)
+    rng = np.random.default_rng([SEED, 40])
     x, y = rng.normal(size=(300, 1, 3)), rng.normal(size=(1, 400, 3))
     lo, hi = -1.23, 1.54
 
@@ -787,7 +791,7 @@ def test_test_lazytensor_clamp__test_lazytensor_clamp_bw(clamp_results):
 
 @pytest.fixture(scope="module")
 def sinc_results():
-    x = np.random.default_rng(50).uniform(size=(5, 1)) * 2 * math.pi
+    x = np.random.default_rng([SEED, 50]).uniform(size=(5, 1)) * 2 * math.pi
     ours = jax.value_and_grad(lambda x: LazyTensor(x[:, None]).sinc().sum(0).sum())(x)
     want = jax.value_and_grad(lambda x: jnp.sum(jnp.sinc(x)))(x)
     return ours, want
