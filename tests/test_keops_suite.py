@@ -383,7 +383,8 @@ def test_test_torch__test_LazyTensor_logsumexp(batch_data):
     def a_i(x, y, s, lazy):
         x_i, l_i, y_j, s_p = _as_batched(x, l, y, s, lazy)
         if lazy:
-            return (-1 / (1 + ((l_i * x_i + y_j).relu() * s_p / 9).sum(-1))).logsumexp(3).squeeze(-1)
+            K = -1 / (1 + ((l_i * x_i + y_j).relu() * s_p / 9).sum(-1))
+            return K.logsumexp(3).squeeze(-1)
         d = (jnp.maximum(l_i * x_i + y_j, 0) * s_p / 9).sum(-1)
         return jax.nn.logsumexp(-1 / (1 + d), axis=3)
 
@@ -581,7 +582,7 @@ def test_test_finalchunks__test_finalchunk(rng):  # a large output dimension
     _close32(ours, want, 1e-4)
 
 
-def test_test_chunks_ranges__test_chunk_ranges(rng):  # batched, large D (no ranges despite the name)
+def test_test_chunks_ranges__test_chunk_ranges(rng):  # batched, large D (no ranges in it)
     ours, want = _gaussian_matvec_case(rng, 50, 70, 300, 1, np.float32, batch_x=(2, 3),
                                        batch_y=(2, 1), batch_b=(1, 3), sum_scheme="block_sum")
     _close32(ours, want, 1e-4)
@@ -749,7 +750,8 @@ def _cos_grad_chain(lazy, x, y, b):
 @pytest.fixture(scope="module")
 def grad_chain():
     rng = np.random.default_rng([SEED, 30])
-    x, y, b = rng.uniform(size=(100, 1, 3)), rng.uniform(size=(1, 100, 1)), rng.normal(size=(100, 1))
+    x, y = rng.uniform(size=(100, 1, 3)), rng.uniform(size=(1, 100, 1))
+    b = rng.normal(size=(100, 1))
     return [_cos_grad_chain(lazy, x, y, b) for lazy in (True, False)]
 
 

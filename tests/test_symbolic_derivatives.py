@@ -14,7 +14,8 @@ M, N, D = 9, 13, 3  # not multiples of any tile size
 def _dense_f(x, y, p):
     """The dense (M, N, D) matrix of F(x_i, y_j, p) = sin(x_i * p - y_j) * exp(-|x_i - y_j|²)."""
     diff = x[:, None, :] - y[None, :, :]
-    return jnp.sin(x[:, None, :] * p - y[None, :, :]) * jnp.exp(-jnp.sum(diff ** 2, -1, keepdims=True))
+    gauss = jnp.exp(-jnp.sum(diff ** 2, -1, keepdims=True))
+    return jnp.sin(x[:, None, :] * p - y[None, :, :]) * gauss
 
 
 def _lazy_f(xi, yj, pm):
