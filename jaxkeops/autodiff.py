@@ -9,7 +9,7 @@ differentiated again.
 
 from __future__ import annotations
 
-from jaxkeops.formula import Node, Op, Var, walk
+from jaxkeops.formula import Const, Node, Op, Var, variables, walk
 from jaxkeops.ops import OPS, apply_op
 
 
@@ -68,3 +68,51 @@ def transpose_formula(formula: Node, linear_vars: set[int], ct: Node) -> dict[in
                 assert arg_ct.dim == arg.dim, (node.name, arg_ct.dim, arg.dim)
                 cts[arg] = arg_ct if arg not in cts else apply_op("Add", (cts[arg], arg_ct))
     return result
+
+
+def _zeros(dim: int) -> Node:
+    return Const([0.0] * dim)
+
+
+def _check_variable(v, what: str) -> None:
+    if not isinstance(v, Var):
+        raise ValueError(f"{what}: v is {v!r}; expected a variable")
+
+
+def grad_formula(f: Node, v: Node, gradin: Node) -> Node:
+    """KeOps' Grad(f, v, gradin): the gradient with respect to the variable v of <f, gradin>
+    (the adjoint of f's differential in v, applied to gradin): f's tangent along a fresh
+    direction variable, transposed."""
+    _check_variable(v, "Grad(f, v, gradin)")
+    if gradin.dim != f.dim:
+        raise ValueError(f"Grad(f, v, gradin): gradin has dimension {gradin.dim}; expected "
+                         f"{f.dim} (the dimension of f)")
+    fresh = 1 + max((u.index for u in variables([f, gradin, v])), default=-1)
+    direction = Var(fresh, v.dim, v.cat)
+    tangent = jvp_formula(f, {v.index: direction})
+    if tangent is None:
+        return _zeros(v.dim)
+    return transpose_formula(tangent, {fresh}, gradin).get(fresh, _zeros(v.dim))
+
+
+def diff_formula(f: Node, v: Node, diffin: Node) -> Node:
+    """KeOps' Diff(f, v, diffin): the differential of f with respect to the variable v applied
+    to diffin (forward mode: f's tangent when v moves along diffin)."""
+    _check_variable(v, "Diff(f, v, diffin)")
+    if diffin.dim != v.dim:
+        raise ValueError(f"Diff(f, v, diffin): diffin has dimension {diffin.dim}; expected "
+                         f"{v.dim} (the dimension of v)")
+    tangent = jvp_formula(f, {v.index: diffin})
+    return _zeros(f.dim) if tangent is None else tangent
+
+
+def grad_matrix_formula(f: Node, v: Node) -> Node:
+    """KeOps' GradMatrix(f, v): the f.dim × v.dim Jacobian of f in v, row k (the gradient of
+    coordinate k of f) after row k-1: Grad(f, v, e_k) for each unit vector e_k."""
+    _check_variable(v, "GradMatrix(f, v)")
+    rows = [grad_formula(f, v, Const([1.0 if k == j else 0.0 for j in range(f.dim)]))
+            for k in range(f.dim)]
+    out = rows[0]
+    for row in rows[1:]:
+        out = apply_op("Concat", (out, row))
+    return out

@@ -243,10 +243,13 @@ class ComplexLazyTensor(KeOpsNames):
 
     # --- complex features (KeOps names) -----------------------------------------------------------
 
+    # Properties, as pykeops' (and NumPy's) `z.real` / `z.imag`.
+    @property
     def real(self) -> LazyTensor:
         """The real part, a real LazyTensor."""
         return self._full_parts()[0]
 
+    @property
     def imag(self) -> LazyTensor:
         """The imaginary part, a real LazyTensor."""
         return self._full_parts()[1]
@@ -359,7 +362,7 @@ class ComplexLazyTensor(KeOpsNames):
             raise TypeError(
                 f"{name}: not defined for a complex LazyTensor (complex formulas have no order); "
                 "the reductions of complex formulas are sum(axis) and K @ v; reduce a real "
-                "formula such as z.real(), z.imag(), z.abs() or z.angle() instead"
+                "formula such as z.real, z.imag, z.abs() or z.angle() instead"
             )
         return refuse
 

@@ -62,6 +62,9 @@ class Var(Node):
     def __repr__(self) -> str:
         return f"Var({self.index},{self.dim},{self.cat})"
 
+    def __reduce__(self):  # pickle through the constructor: nodes refuse attribute writes
+        return (Var, (self.index, self.dim, self.cat))
+
 
 class Const(Node):
     """A vector of numbers baked into the formula (Python numbers written by the user)."""
@@ -87,6 +90,9 @@ class Const(Node):
             v = self.values[0]
             return f"IntCst({int(v)})" if v.is_integer() else f"Cst({v!r})"
         return "Cst(" + ",".join(repr(v) for v in self.values) + ")"
+
+    def __reduce__(self):
+        return (Const, (self.values,))
 
 
 class Op(Node):
@@ -115,10 +121,17 @@ class Op(Node):
     def children(self) -> tuple[Node, ...]:
         return self.args
 
+    def __reduce__(self):
+        return (_make_op, (self.name, self.args, self.params, self.dim))
+
     def __repr__(self) -> str:
         from jaxkeops.ops import OPS  # the printer lives with the op
 
         return OPS[self.name].format(tuple(repr(a) for a in self.args), self.params)
+
+
+def _make_op(name: str, args, params, dim: int) -> Op:  # Op's unpickler (dim is keyword-only)
+    return Op(name, args, params, dim=dim)
 
 
 def walk(roots) -> Iterator[Node]:

@@ -28,7 +28,7 @@ import dataclasses
 import re
 from typing import Callable
 
-from jaxkeops.autodiff import jvp_formula, transpose_formula
+from jaxkeops.autodiff import diff_formula, grad_formula, grad_matrix_formula
 from jaxkeops.formula import CAT_I, CAT_J, CAT_P, Const, Node, Var, variables
 from jaxkeops.ops import OPS, apply_op, tensordot_params
 
@@ -209,22 +209,6 @@ def _sum_t(x, dim):  # Sum's transpose: a scalar broadcast to `dim` coordinates
     return apply_op("Mult", (x, Const([1.0] * dim)))
 
 
-def _grad(f, v, gradin):
-    """KeOps' Grad(f, v, gradin): the gradient with respect to the variable v of <f, gradin>,
-    built by the autodiff rules (forward tangent of f, then transposed)."""
-    if not isinstance(v, Var):
-        raise ValueError(f"Grad(f, v, gradin): v is {v!r}; expected a variable")
-    if gradin.dim != f.dim:
-        raise ValueError(f"Grad(f, v, gradin): gradin has dimension {gradin.dim}; expected "
-                         f"{f.dim} (the dimension of f)")
-    fresh = 1 + max((u.index for u in variables([f, gradin, v])), default=-1)
-    direction = Var(fresh, v.dim, v.cat)
-    tangent = jvp_formula(f, {v.index: direction})
-    if tangent is None:
-        return _zeros(v.dim)
-    return transpose_formula(tangent, {fresh}, gradin).get(fresh, _zeros(v.dim))
-
-
 def _rat(p, q):
     if q == 0:
         raise ValueError("RatCst(p, q): q is 0")
@@ -272,15 +256,15 @@ FUNCTIONS.update({
     "IntInv": Function((("n", INT, _REQUIRED),), lambda n: _rat(1, n)),
     "RatCst": Function((("p", INT, _REQUIRED), ("q", INT, _REQUIRED)), _rat),
     "Zero": Function((("dim", INT, _REQUIRED),), _zeros),
-    "Grad": Function(_f("f", "v", "gradin"), _grad),
+    "Grad": Function(_f("f", "v", "gradin"), grad_formula),
+    "Diff": Function(_f("f", "v", "diffin"), diff_formula),
+    "GradMatrix": Function(_f("f", "v"), grad_matrix_formula),
 })
 
 # KeOps operations jaxkeops has no kernel for: named in the error rather than "unknown name".
 UNSUPPORTED = {
     "BSpline": "no B-spline op in jaxkeops' op table",
     "SoftDTW_SqDist": "no soft-DTW op in jaxkeops' op table",
-    "GradMatrix": "not available in formula strings",
-    "Diff": "not available in formula strings (use Grad)",
     "Divergence": "not available in formula strings",
     "Laplacian": "not available in formula strings",
     "DiffClampInt": "not available in formula strings",

@@ -16,9 +16,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxkeops.call_options import check_options
+from jaxkeops.call_options import CallOptions, check_options
 from jaxkeops.formula import CAT_I, CAT_J, CAT_NAMES, CAT_P, Const, Node, Var, substitute
 from jaxkeops.keops_names import KeOpsNames
+from jaxkeops.symbolic_derivatives import SymbolicDerivatives
 from jaxkeops.ops import MAX_DIM, apply_op, tensordot_params
 from jaxkeops.primitive import dim_size as _size, keops_reduce
 from jaxkeops.reductions import check_reduction
@@ -94,7 +95,7 @@ def _category_of_3d(shape, what: str) -> int:
     )
 
 
-class LazyTensor(KeOpsNames):
+class LazyTensor(KeOpsNames, SymbolicDerivatives):
     """A symbolic matrix F(x_i, y_j, p) over an M×N grid that is never stored.
 
     `LazyTensor(x)` with x shaped (M, 1, D) is an i variable, (1, N, D) a j variable, (1, 1, D),
@@ -845,10 +846,15 @@ class LazyTensor(KeOpsNames):
             )
         return dtypes.pop() if dtypes else None
 
-    def __matmul__(self, v):
+    def __matmul__(self, v, **options):
         """`K @ v` for a scalar K (M, N) and v shaped (N,) or (N, E): the Sum reduction over j of
         K_ij v_j, shaped (M,) or (M, E). With batch dims B (K shaped (*B, M, N)), v is shaped
-        (*B, N) or (*B, N, E), each batch dim equal to K's or 1, and so is the result."""
+        (*B, N) or (*B, N, E), each batch dim equal to K's or 1, and so is the result.
+        `K.__matmul__(v, **options)` takes pykeops' keywords of the Sum (backend=, out=, ...)."""
+        if options.get("call") is False:
+            raise TypeError("K @ v: call=False is not available for @; write "
+                            "(K * Vj(v)).sum(axis=1, call=False)")
+        out_array = options.pop("out", None)
         if self.formula.dim != 1:
             raise ValueError(
                 f"K @ v: K has shape {self.shape}; the product needs a scalar LazyTensor (M, N) "
@@ -882,8 +888,9 @@ class LazyTensor(KeOpsNames):
         if self._dtype() is not None and np.dtype(v.dtype) != self._dtype():
             raise TypeError(f"K @ v: v has dtype {v.dtype}; expected {self._dtype()} like K")
         columns = v[..., None] if vector else v  # (*B, N, E)
-        out = (self * LazyTensor(columns[..., None, :, :])).sum(axis=k + 1)
-        return out[..., 0] if vector else out
+        out = (self * LazyTensor(columns[..., None, :, :])).sum(axis=k + 1, **options)
+        out = out[..., 0] if vector else out
+        return CallOptions(out=out_array).deliver("K @ v", out)
 
     def t(self) -> "LazyTensor":
         """The transposed symbolic matrix: i variables become j variables and vice versa."""

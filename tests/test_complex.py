@@ -70,14 +70,14 @@ FEATURES = {
                         lambda x, y, u, v: (x * y).sum(-1, keepdims=True) * x
                         + y / (x.sum(-1, keepdims=True) + 4)),
     # Real-valued features: real LazyTensors.
-    "real": (lambda x, y, u, v: (x * y).real(), lambda x, y, u, v: (x * y).real),
-    "imag": (lambda x, y, u, v: (x * y).imag() + u.real2complex().imag(),
+    "real": (lambda x, y, u, v: (x * y).real, lambda x, y, u, v: (x * y).real),
+    "imag": (lambda x, y, u, v: (x * y).imag + u.real2complex().imag,
              lambda x, y, u, v: (x * y).imag + 0 * u),
     "abs": (lambda x, y, u, v: (x - y).abs() + abs(x * v), lambda x, y, u, v: np.abs(x - y)
             + np.abs(x * v)),
     "angle": (lambda x, y, u, v: (x * y).angle(), lambda x, y, u, v: np.angle(x * y)),
     "parts_of_dimension_1": (  # a dimension-1 real part in a dimension-D complex
-        lambda x, y, u, v: (v.sum(-1) + u.imag2complex()).real() - (2j + u).imag(),
+        lambda x, y, u, v: (v.sum(-1) + u.imag2complex()).real - (2j + u).imag,
         lambda x, y, u, v: v.sum(-1, keepdims=True) + 0 * u - 2),
 }
 
@@ -218,7 +218,7 @@ def _kernel_sum(x, y, b):
     """A complex Gaussian-Fourier kernel product over j: Σ_j exp(-|x_i - y_j|^2 + i <x_i, y_j>) b_j
     with x and y real parts of the complex points and conj() in the phase."""
     X, Y = Vi(x), Vj(y)
-    K = (-((X - Y).abs() ** 2).sum(-1) + 1j * (X * Y.conj()).real().sum(-1)).exp()
+    K = (-((X - Y).abs() ** 2).sum(-1) + 1j * (X * Y.conj()).real.sum(-1)).exp()
     return K @ b
 
 
@@ -248,7 +248,7 @@ def test_gradients_follow_jax_conventions(rng):
 
     def f(x, y, u, b):
         X, Y, U = Vi(x), Vj(y), Vi(u)
-        K = ((X / (Y + 3)).exp() * U.exp1j() + X.conj() * Y + X.real().imag2complex() * Y.imag()
+        K = ((X / (Y + 3)).exp() * U.exp1j() + X.conj() * Y + X.real.imag2complex() * Y.imag
              + (X - Y).exp1j() * 0.5).sum(-1)
         return (K @ b) + (X * Y).abs().sum(1).sum() + (X - Y + 6).angle().sum(0).sum()
 
