@@ -5,6 +5,7 @@ Build a formula over i variables, j variables and parameters with `LazyTensor` /
 """
 
 from jaxkeops import lowering as _lowering  # noqa: F401  (registers the FFI targets and lowerings)
+from jaxkeops import cluster
 from jaxkeops.explain import explain
 from jaxkeops.lazy_tensor import LazyTensor, Pm, Vi, Vj
 from jaxkeops.primitive import keops_reduce, keops_reduce_p
@@ -18,4 +19,4 @@ __version__ = "0.1.0"
 
 __all__ = ["LazyTensor", "Vi", "Vj", "Pm", "keops_reduce", "keops_reduce_p", "SolveInfo",
            "lineax_operator", "export_disabled_checks", "explain", "cpu_threads",
-           "set_cpu_threads", "sharded_reduce"]
+           "set_cpu_threads", "sharded_reduce", "cluster"]

@@ -19,6 +19,8 @@ import numpy as np
 from jaxkeops.formula import CAT_I, CAT_J, CAT_NAMES, CAT_P, Const, Node, Var, substitute
 from jaxkeops.ops import MAX_DIM, apply_op, tensordot_params
 from jaxkeops.primitive import dim_size as _size, keops_reduce
+from jaxkeops.ranges import (add_ranges_keyword, check_ranges, inherit_ranges, swap_axes,
+                             unsupported_with_ranges)
 from jaxkeops.reductions import check_reduction
 from jaxkeops.solve import SolveInfo, default_maxiter, ridge_solve, warn_unless_converged
 
@@ -97,6 +99,7 @@ class LazyTensor:
         self.ni: int | None = None
         self.nj: int | None = None
         self.batch_shape: tuple[int, ...] = ()  # KeOps batch dimensions, broadcast NumPy-style
+        self.ranges = None  # KeOps's block-sparse 6-tuple, honoured by reductions (ranges.py)
         if x is None:  # internal: filled in by _make
             return
         if isinstance(x, numbers.Number) and not _is_array(x):
@@ -193,13 +196,16 @@ class LazyTensor:
         return other_formula, variables, ni, nj
 
     def _unary(self, name: str, params: tuple = ()) -> "LazyTensor":
-        return LazyTensor._make(apply_op(name, (self.formula,), params), self.variables, self.ni, self.nj)
+        out = LazyTensor._make(apply_op(name, (self.formula,), params), self.variables, self.ni,
+                               self.nj)
+        return inherit_ranges(out, self)
 
     def _binary(self, other, name: str, params: tuple = (), reverse: bool = False) -> "LazyTensor":
         other = LazyTensor._lift(other)
         other_formula, variables, ni, nj = self._merge(other)
         args = (other_formula, self.formula) if reverse else (self.formula, other_formula)
-        return LazyTensor._make(apply_op(name, args, params), variables, ni, nj)
+        return inherit_ranges(LazyTensor._make(apply_op(name, args, params), variables, ni, nj),
+                              self, other)
 
     # --- arithmetic ----------------------------------------------------------------------------
 
@@ -622,6 +628,7 @@ class LazyTensor:
             formulas, operands, var_cats, [v.weak for v in self.variables])
         outs = keops_reduce(
             operands,
+            ranges=check_ranges(self.ranges, method),
             formulas=formulas,
             var_cats=var_cats,
             reduction=reduction,
@@ -651,7 +658,7 @@ class LazyTensor:
                 f"{method}: the weight (shape {weight.shape}) does not fit the scores "
                 f"(shape {self.shape}): {e}"
             ) from None
-        both = LazyTensor._make(self.formula, variables, ni, nj)
+        both = inherit_ranges(LazyTensor._make(self.formula, variables, ni, nj), self, weight)
         return both._reduce(reduction, axis, formulas=(self.formula, weight_formula),
                             method=method)
 
@@ -797,7 +804,7 @@ class LazyTensor:
         if self._dtype() is not None and np.dtype(v.dtype) != self._dtype():
             raise TypeError(f"K @ v: v has dtype {v.dtype}; expected {self._dtype()} like K")
         columns = v[..., None] if vector else v  # (*B, N, E)
-        out = (self * LazyTensor(columns[..., None, :, :])).sum(axis=k + 1)
+        out = (self * LazyTensor(columns[..., None, :, :])).sum(axis=k + 1)  # keeps self.ranges
         return out[..., 0] if vector else out
 
     def t(self) -> "LazyTensor":
@@ -809,7 +816,9 @@ class LazyTensor:
             lambda leaf: Var(leaf.index, leaf.dim, swap[leaf.cat])
             if isinstance(leaf, Var) else None,
         )
-        return LazyTensor._make(formula, variables, self.nj, self.ni)
+        out = LazyTensor._make(formula, variables, self.nj, self.ni)
+        out.ranges = None if self.ranges is None else swap_axes(self.ranges)
+        return out
 
     @property
     def T(self) -> "LazyTensor":
@@ -836,6 +845,7 @@ class LazyTensor:
         dim equal to K's or 1; the systems are solved together (one kernel call per iteration)
         and the info fields get the batch dims in front.
         """
+        unsupported_with_ranges(self.ranges, "solve")
         operator, rhs = self, b
         if isinstance(b, LazyTensor):
             if not isinstance(b.formula, Var) or b.formula.cat == CAT_P:
@@ -954,13 +964,17 @@ def _check_alpha(alpha, dtype: np.dtype, where: str = "solve"):
 
 
 def _flatten_lazy_tensor(lt: LazyTensor):
-    aux = (lt.formula, tuple(v.cat for v in lt.variables), tuple(v.weak for v in lt.variables))
-    return tuple(v.array for v in lt.variables), aux
+    ranges = () if lt.ranges is None else tuple(lt.ranges)  # arrays: leaves too
+    aux = (lt.formula, tuple(v.cat for v in lt.variables), tuple(v.weak for v in lt.variables),
+           len(ranges))
+    return tuple(v.array for v in lt.variables) + ranges, aux
 
 
 def _unflatten_lazy_tensor(aux, leaves) -> LazyTensor:
-    formula, cats, weak = aux
+    formula, cats, weak, n_ranges = aux
     out = LazyTensor()
+    if n_ranges:
+        leaves, out.ranges = leaves[: len(leaves) - n_ranges], tuple(leaves[len(leaves) - n_ranges:])
     out.formula = formula
     out.variables = tuple(_Variable(x, c, w) for x, c, w in zip(leaves, cats, weak))
     # Sizes are read off the leaves (under vmap a leaf has lost its mapped axis); JAX may also
@@ -977,6 +991,7 @@ def _unflatten_lazy_tensor(aux, leaves) -> LazyTensor:
 
 
 jax.tree_util.register_pytree_node(LazyTensor, _flatten_lazy_tensor, _unflatten_lazy_tensor)
+add_ranges_keyword(LazyTensor)  # `ranges=` on every reduction method
 
 
 def _pack_weak_scalars(formulas, operands, var_cats, weak):
