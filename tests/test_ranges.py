@@ -25,8 +25,8 @@ def np_mask(ranges, axis, n_outer, n_inner):
 
 
 def random_runs(rng, n, n_runs):
-    """A partition of [0, n) into n_runs runs (some possibly empty), as (n_runs, 2)."""
-    cuts = np.sort(rng.integers(0, n + 1, size=n_runs - 1))
+    """A partition of [0, n) into n_runs non-empty runs, as (n_runs, 2)."""
+    cuts = np.sort(rng.choice(np.arange(1, n), size=n_runs - 1, replace=False))
     edges = np.concatenate([[0], cuts, [n]])
     return np.stack([edges[:-1], edges[1:]], axis=1).astype(np.int32)
 
@@ -338,3 +338,38 @@ def test_transposed_lazy_tensor_swaps_ranges(rng):
     expected = (np.exp(np_scores(x, y)) * np_mask(ranges, 0, N, M).T).T @ a
     np.testing.assert_allclose(K.T @ a, expected, rtol=1e-12)
     assert isinstance(K.T, LazyTensor)
+
+
+# --- the CUDA executor, through its host emulation ------------------------------------------
+
+
+def test_cuda_tile_interpreter_emulation(rng):
+    """The CUDA kernels' per-thread code (src/cuda/thread_steps.h for_each_span) run on the host:
+    row blocks of 128 cut through clusters; clusters with several inner ranges."""
+    from test_tile_interpreter import on_emulated_gpu
+
+    M, N = 300, 517
+    x, y, _ = gaussian(rng, M, N)
+    w = rng.normal(size=(N, 2))
+    a = rng.normal(size=(M, 1))
+    ri, rj = random_runs(rng, M, 5), random_runs(rng, N, 6)
+    keep = rng.random((5, 6)) < 0.5
+    keep[1] = False
+    ranges = cluster.from_matrix(ri, rj, keep)
+    S = np_scores(x, y)
+    mask = np_mask(ranges, 1, M, N)
+    D = Vi(x).sqdist(Vj(y))
+    with on_emulated_gpu():
+        s1 = ((-D).exp() * Vj(w)).sum(1, ranges=ranges)
+        s0 = ((-D).exp() * Vi(a)).sum(0, ranges=ranges)
+        ak = D.argKmin(4, 1, ranges=ranges)
+        ssw = (-D).sumsoftmaxweight(Vj(w), 1, ranges=ranges)
+    np.testing.assert_allclose(s1, (np.exp(S) * mask) @ w, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(s0, (np.exp(S) * mask).T @ a, rtol=1e-12, atol=1e-14)
+    order = np.argsort(np.where(mask, -S, np.inf), 1, kind="stable")[:, :4]
+    np.testing.assert_array_equal(ak, np.where(np.arange(4) < mask.sum(1, keepdims=True),
+                                               order, -1))
+    e = np.exp(np.where(mask, S, -np.inf))
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_allclose(ssw, (e @ w) / e.sum(1, keepdims=True), rtol=1e-10,
+                                   atol=1e-15)

@@ -977,9 +977,15 @@ bool run_block_sparse(const Plan<T>& plan, const R& red, const T* const* inputs,
   }
   const bool ok = parallel_for(int64_t(chunks.size()), [&](int64_t k) {
     const Chunk& chunk = chunks[k];
+    // Adjacent ranges (neighbouring clusters of the other axis) merge into one span: fewer,
+    // fuller tiles.
     std::vector<InnerSpan> spans;
-    for (int64_t t = ranges.first_range(chunk.cluster); t < ranges.slice_ends[chunk.cluster]; ++t)
-      spans.push_back({ranges.inner_ranges[2 * t], ranges.inner_ranges[2 * t + 1]});
+    for (int64_t t = ranges.first_range(chunk.cluster); t < ranges.slice_ends[chunk.cluster]; ++t) {
+      const InnerSpan s{ranges.inner_ranges[2 * t], ranges.inner_ranges[2 * t + 1]};
+      if (s.end <= s.begin) continue;
+      if (!spans.empty() && spans.back().end == s.begin) spans.back().end = s.end;
+      else spans.push_back(s);
+    }
     std::vector<double> st(chunk.rows * S), row(W);
     run_item<T, R>(plan, red, inputs, lane_major, n_inner, chunk.r0, chunk.rows, spans.data(),
                    int64_t(spans.size()), st.data());
