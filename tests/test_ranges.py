@@ -170,6 +170,20 @@ def test_vmap_shared_and_batched_ranges(rng):
         np.testing.assert_allclose(per[k], (S * np_mask(r, 1, M, N)) @ bs[0], rtol=1e-12)
 
 
+def test_keops_batch_dims_share_the_ranges(rng):
+    """A LazyTensor with batch dims (x broadcast over the batch): one ranges tuple for all."""
+    M, N = 21, 34
+    x = rng.normal(size=(M, 3))
+    ys = rng.normal(size=(2, N, 3))
+    ranges = random_ranges(rng, M, N)
+    K = (-LazyTensor(x[None, :, None, :]).sqdist(LazyTensor(ys[:, None, :, :]))).exp()
+    got = K.sum(2, ranges=ranges)  # (2, M, 1)
+    mask = np_mask(ranges, 1, M, N)
+    for k in range(2):
+        expected = (np.exp(np_scores(x, ys[k])) * mask).sum(1, keepdims=True)
+        np.testing.assert_allclose(got[k], expected, rtol=1e-12)
+
+
 def test_grad_sum_and_logsumexp(rng):
     """Gradients in x, y and b (the transposed reductions read the other half of the tuple)
     against jax.grad of a dense masked jnp computation."""
@@ -337,7 +351,8 @@ def test_transposed_lazy_tensor_swaps_ranges(rng):
     a = rng.normal(size=(M, 1))
     expected = (np.exp(np_scores(x, y)) * np_mask(ranges, 0, N, M).T).T @ a
     np.testing.assert_allclose(K.T @ a, expected, rtol=1e-12)
-    assert isinstance(K.T, LazyTensor)
+    # The ranges travel with K through jit (they are leaves of its pytree).
+    np.testing.assert_allclose(jax.jit(lambda K: K.T @ a)(K), expected, rtol=1e-12)
 
 
 # --- the CUDA executor, through its host emulation ------------------------------------------
