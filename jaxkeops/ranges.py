@@ -17,7 +17,6 @@ the compiled code. The executors skip the blocks; `masked_reduce` is the pure-JA
 
 from __future__ import annotations
 
-import copy
 import functools
 
 import jax
@@ -186,7 +185,10 @@ def _with_ranges_keyword(method):
     @functools.wraps(method)
     def reduce(self, *args, ranges=None, **kwargs):
         if ranges is not None:
-            self = copy.copy(self)
+            # A shallow copy (not copy.copy, which caches __slotnames__ on the class).
+            clone = object.__new__(type(self))
+            clone.__dict__.update(vars(self))
+            self = clone
             self.ranges = tuple(ranges) if isinstance(ranges, (tuple, list)) else ranges
         return method(self, *args, **kwargs)
 

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import jaxkeops
 import jaxkeops.reference as reference
 from jaxkeops import LazyTensor, Vi, Vj, cluster
 
@@ -283,6 +284,8 @@ def test_bad_ranges_are_named(rng):
         K2 = (-K).exp()
         K2.ranges = good
         K2.solve(np.ones((5, 1)))
+    with pytest.raises(NotImplementedError, match="sharded_reduce"):
+        jaxkeops.sharded_reduce(K2, "sum", axis=1, axis_name="x")
 
 
 # --- cluster tools ----------------------------------------------------------------------------
