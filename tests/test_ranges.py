@@ -391,3 +391,27 @@ def test_cuda_tile_interpreter_emulation(rng):
     with np.errstate(invalid="ignore"):
         np.testing.assert_allclose(ssw, (e @ w) / e.sum(1, keepdims=True), rtol=1e-10,
                                    atol=1e-15)
+
+
+def test_cuda_lowering_sends_ranges_to_the_interpreter(rng):
+    """A Gaussian sum (a fused-kernel family) with ranges lowers for CUDA to the interpreter's
+    target, with the three operands of the reduced axis' half after the variables."""
+    from jaxkeops import _native
+
+    if not _native.has_cuda():
+        pytest.skip("jaxkeops._jaxkeops_cuda was not built (no nvcc at build time)")
+    x, y, b = gaussian(rng, 40, 50, dtype=np.float32)
+    ranges = random_ranges(rng, 40, 50)
+
+    def f(x, y, b, r):
+        return ((-Vi(x).sqdist(Vj(y))).exp() * Vj(b)).sum(1, ranges=r)
+
+    text = jax.jit(f).trace(x, y, b, ranges).lower(lowering_platforms=("cuda",)).as_text()
+    assert "jaxkeops_fused" not in text
+    call = next(line for line in text.splitlines() if "jaxkeops_reduce" in line)
+    operand_types = call.rsplit(" : (", 1)[1].split(") ->")[0].split(", ")
+    assert [t.endswith("xf32>") for t in operand_types] == [True] * 3 + [False] * 3
+    assert operand_types[3:] == [f"tensor<{len(ranges[0])}x2xi32>", f"tensor<{len(ranges[0])}xi32>",
+                                 f"tensor<{len(ranges[2])}x2xi32>"]  # the i half: axis=1
+    dense = jax.jit(lambda x, y, b: ((-Vi(x).sqdist(Vj(y))).exp() * Vj(b)).sum(1))
+    assert "jaxkeops_fused" in dense.trace(x, y, b).lower(lowering_platforms=("cuda",)).as_text()
