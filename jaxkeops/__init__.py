@@ -6,6 +6,7 @@ formula strings go through `Genred` / `KernelSolve` into the same formulas.
 """
 
 from jaxkeops import lowering as _lowering  # noqa: F401  (registers the FFI targets and lowerings)
+from jaxkeops import cluster
 from jaxkeops.explain import explain
 from jaxkeops.genred import (Genred, KernelSolve, generic_argkmin, generic_argmin,
                              generic_logsumexp, generic_sum)
@@ -24,4 +25,5 @@ __version__ = "0.1.0"
 __all__ = ["LazyTensor", "ComplexLazyTensor", "Vi", "Vj", "Pm", "keops_reduce", "keops_reduce_p",
            "SolveInfo", "lineax_operator", "export_disabled_checks", "explain", "cpu_threads",
            "set_cpu_threads", "sharded_reduce", "has_cuda", "Genred", "KernelSolve",
-           "generic_sum", "generic_logsumexp", "generic_argmin", "generic_argkmin"]
+           "generic_sum", "generic_logsumexp", "generic_argmin", "generic_argkmin",
+           "cluster"]

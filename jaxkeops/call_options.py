@@ -23,7 +23,8 @@ once (per process and option value) saying what jaxkeops does instead:
   jit; the result is also returned); anything else raises, JAX arrays being immutable.
 - `call` (default True): False returns the reduction as a callable (as pykeops), computed when
   called with arrays.
-- `ranges`: block-sparse reductions are not available yet (issue 17, item 3):
+- `ranges`: block-sparse reductions (jaxkeops/ranges.py) take it on the LazyTensor reduction
+  methods, `K @ v` and Genred, before these checks; anywhere else it raises
   NotImplementedError, never silently ignored.
 """
 
@@ -48,10 +49,8 @@ CALL_OPTIONS = ("backend", "device_id", "out", "ranges")
 ALL_OPTIONS = INIT_OPTIONS + CALL_OPTIONS + ("call",)
 
 RANGES_MESSAGE = (
-    "ranges= (block-sparse reductions, KeOps' 6-tuple ranges_i, slices_i, redranges_j, "
-    "ranges_j, slices_j, redranges_i) is not available yet in jaxkeops (issue 17, item 3: "
-    "block-sparse reductions); the reduction would be dense. Mask the formula instead (e.g. "
-    "multiply it by a 0/1 cluster-membership formula), or reduce without ranges."
+    "ranges= (block-sparse reductions) is not supported by this call; the real LazyTensor's "
+    "reduction methods, `K @ v` and Genred take it (docs/ranges.md)."
 )
 
 _warned: set[tuple[str, str]] = set()

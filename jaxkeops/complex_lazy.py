@@ -76,6 +76,17 @@ class ComplexLazyTensor(KeOpsNames):
     is_complex = True  # as KeOps
     __hash__ = None  # a symbolic matrix, as LazyTensor
 
+    @property
+    def ranges(self):
+        """Block-sparse ranges are not supported on complex formulas: None."""
+        return None
+
+    @ranges.setter
+    def ranges(self, value):
+        if value is not None:  # never silently ignored
+            raise NotImplementedError("ComplexLazyTensor.ranges = ...: block-sparse ranges are "
+                                      "not supported on complex formulas (docs/ranges.md)")
+
     def __init__(self, re: Part, im: Part):
         for name, part in (("re", re), ("im", im)):
             if part is not None and not isinstance(part, LazyTensor):
@@ -462,7 +473,8 @@ def mixed_binary(x: LazyTensor, other, name: str, reverse: bool):
 def _flatten(z: ComplexLazyTensor):
     part = z._any_part()
     formulas = tuple(None if p is None else p.formula for p in (z.re, z.im))
-    leaves, (_, cats, weak) = _lt._flatten_lazy_tensor(part)
+    leaves, (_, cats, weak, n_ranges) = _lt._flatten_lazy_tensor(part)
+    assert n_ranges == 0, "the parts of a complex LazyTensor carry no ranges"
     return leaves, (formulas, cats, weak)
 
 
@@ -475,7 +487,7 @@ def _unflatten(aux, leaves) -> ComplexLazyTensor:
             parts.append(None)
             continue
         if shared is None:
-            shared = _lt._unflatten_lazy_tensor((formula, cats, weak), leaves)
+            shared = _lt._unflatten_lazy_tensor((formula, cats, weak, 0), leaves)
             parts.append(shared)
         else:
             part = LazyTensor()

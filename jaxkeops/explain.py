@@ -94,8 +94,9 @@ def explain(fn, *args, platform: str | None = None) -> Explanation:
         records.append(ReductionRecord(
             reduction=p["reduction"] + (f"(K={p['reduction_params'][0]})"
                                         if p["reduction_params"] else ""),
-            kernel=kernel_name(p["formulas"], p["var_cats"], p["reduction"],
-                               p["reduction_params"], p["axis"], platform),
+            kernel="interpreter (block-sparse ranges)" if p.get("with_ranges") else kernel_name(
+                p["formulas"], p["var_cats"], p["reduction"], p["reduction_params"], p["axis"],
+                platform),
             axis=p["axis"], n_outer=n_outer, n_inner=n_inner, batch=tuple(p["batch_shape"]),
             dtype=dtype, formulas=", ".join(repr(f) for f in p["formulas"])))
     return records

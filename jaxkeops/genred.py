@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from jaxkeops.call_options import CALL_OPTIONS, RANGES_MESSAGE, check_options, warn_once
+from jaxkeops.call_options import CALL_OPTIONS, check_options, warn_once
 from jaxkeops.formula import CAT_I, CAT_J, CAT_P, Var, substitute, variables
 from jaxkeops.formula_string import (alias_category, parse_alias, parse_aliases, parse_formula,
                                       signature)
 from jaxkeops.keops_names import REDUCTION_NAMES, reduce_by_keops_name
+from jaxkeops.ranges import check_ranges
 
 
 def _internal_reduction(reduction_op: str, has_weight: bool) -> str:
@@ -153,9 +154,9 @@ class Genred:
         return self.parsed.formula
 
     def __call__(self, *args, backend="auto", device_id=-1, ranges=None, out=None):
-        if ranges is not None:
-            raise NotImplementedError(f"Genred: {RANGES_MESSAGE}")
         lazy, weight = self.parsed.lazy_tensors(args)
+        if ranges is not None:  # block-sparse: every reduction of `lazy` honours its ranges
+            lazy.ranges = check_ranges(ranges, "Genred")
         options = dict(self.init_options, backend=backend, device_id=device_id, out=out)
         options = {k: v for k, v in options.items() if k in CALL_OPTIONS or v is not None}
         k = len(lazy.batch_shape)

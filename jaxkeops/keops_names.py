@@ -160,19 +160,6 @@ class KeOpsNames:
     def Kmin_argKmin_reduction(self, K=None, axis=None, dim=None, **options):
         return self.reduction("KMin_ArgKMin", opt_arg=K, axis=axis, dim=dim, **options)
 
-    @property
-    def ranges(self):
-        """pykeops' block-sparsity attribute: None (dense). Setting it raises: block-sparse
-        reductions are not available yet, and a silently ignored mask would give dense results."""
-        return None
-
-    @ranges.setter
-    def ranges(self, value):
-        if value is not None:
-            from jaxkeops.call_options import RANGES_MESSAGE
-
-            raise NotImplementedError(f"LazyTensor.ranges = ...: {RANGES_MESSAGE}")
-
     # --- shape properties, with pykeops' meanings ----------------------------------------------
 
     def dim(self) -> int:

@@ -22,6 +22,8 @@ from jaxkeops.keops_names import KeOpsNames
 from jaxkeops.symbolic_derivatives import SymbolicDerivatives
 from jaxkeops.ops import MAX_DIM, apply_op, tensordot_params
 from jaxkeops.primitive import dim_size as _size, keops_reduce
+from jaxkeops.ranges import (add_ranges_keyword, check_ranges, inherit_ranges, swap_axes,
+                             unsupported_with_ranges)
 from jaxkeops.reductions import check_reduction
 from jaxkeops.placeholders import (PendingReduction, Placeholder, check_placeholder_spec,
                                    has_placeholders, placeholder_lazy_tensor)
@@ -119,6 +121,7 @@ class LazyTensor(KeOpsNames, SymbolicDerivatives):
         self.ni: int | None = None
         self.nj: int | None = None
         self.batch_shape: tuple[int, ...] = ()  # KeOps batch dimensions, broadcast NumPy-style
+        self.ranges = None  # KeOps's block-sparse 6-tuple, honoured by reductions (ranges.py)
         if x is None:  # internal: filled in by _make
             return
         if isinstance(x, tuple):  # (index, dim, cat): a placeholder, as pykeops
@@ -229,7 +232,9 @@ class LazyTensor(KeOpsNames, SymbolicDerivatives):
         return other_formula, variables, ni, nj
 
     def _unary(self, name: str, params: tuple = ()) -> "LazyTensor":
-        return LazyTensor._make(apply_op(name, (self.formula,), params), self.variables, self.ni, self.nj)
+        out = LazyTensor._make(apply_op(name, (self.formula,), params), self.variables, self.ni,
+                               self.nj)
+        return inherit_ranges(out, self)
 
     def _binary(self, other, name: str, params: tuple = (), reverse: bool = False) -> "LazyTensor":
         if _is_complex(other):
@@ -238,7 +243,8 @@ class LazyTensor(KeOpsNames, SymbolicDerivatives):
         other = LazyTensor._lift(other)
         other_formula, variables, ni, nj = self._merge(other)
         args = (other_formula, self.formula) if reverse else (self.formula, other_formula)
-        return LazyTensor._make(apply_op(name, args, params), variables, ni, nj)
+        return inherit_ranges(LazyTensor._make(apply_op(name, args, params), variables, ni, nj),
+                              self, other)
 
     # --- arithmetic ----------------------------------------------------------------------------
 
@@ -680,6 +686,7 @@ class LazyTensor(KeOpsNames, SymbolicDerivatives):
             formulas, operands, var_cats, [v.weak for v in self.variables])
         outs = keops_reduce(
             operands,
+            ranges=check_ranges(self.ranges, method),
             formulas=formulas,
             var_cats=var_cats,
             reduction=reduction,
@@ -710,7 +717,7 @@ class LazyTensor(KeOpsNames, SymbolicDerivatives):
                 f"{method}: the weight (shape {weight.shape}) does not fit the scores "
                 f"(shape {self.shape}): {e}"
             ) from None
-        both = LazyTensor._make(self.formula, variables, ni, nj)
+        both = inherit_ranges(LazyTensor._make(self.formula, variables, ni, nj), self, weight)
         return both._reduce(reduction, axis, formulas=(self.formula, weight_formula),
                             method=method, options=options)
 
@@ -888,7 +895,7 @@ class LazyTensor(KeOpsNames, SymbolicDerivatives):
         if self._dtype() is not None and np.dtype(v.dtype) != self._dtype():
             raise TypeError(f"K @ v: v has dtype {v.dtype}; expected {self._dtype()} like K")
         columns = v[..., None] if vector else v  # (*B, N, E)
-        out = (self * LazyTensor(columns[..., None, :, :])).sum(axis=k + 1, **options)
+        out = (self * LazyTensor(columns[..., None, :, :])).sum(axis=k + 1, **options)  # keeps self.ranges
         out = out[..., 0] if vector else out
         return CallOptions(out=out_array).deliver("K @ v", out)
 
@@ -901,7 +908,9 @@ class LazyTensor(KeOpsNames, SymbolicDerivatives):
             lambda leaf: Var(leaf.index, leaf.dim, swap[leaf.cat])
             if isinstance(leaf, Var) else None,
         )
-        return LazyTensor._make(formula, variables, self.nj, self.ni)
+        out = LazyTensor._make(formula, variables, self.nj, self.ni)
+        out.ranges = None if self.ranges is None else swap_axes(self.ranges)
+        return out
 
     @property
     def T(self) -> "LazyTensor":
@@ -933,6 +942,7 @@ class LazyTensor(KeOpsNames, SymbolicDerivatives):
         axis, b living on the other one (an array: i, as pykeops). `options`: pykeops' keywords
         (backend=, device_id=, ...: jaxkeops/call_options.py).
         """
+        unsupported_with_ranges(self.ranges, "solve")
         if not check_options("solve", "Sum", options).call:
             raise NotImplementedError("solve: call=False is not supported (call it with arrays)")
         if var is not None:
@@ -1058,13 +1068,17 @@ def _check_alpha(alpha, dtype: np.dtype, where: str = "solve"):
 
 
 def _flatten_lazy_tensor(lt: LazyTensor):
-    aux = (lt.formula, tuple(v.cat for v in lt.variables), tuple(v.weak for v in lt.variables))
-    return tuple(v.array for v in lt.variables), aux
+    ranges = () if lt.ranges is None else tuple(lt.ranges)  # arrays: leaves too
+    aux = (lt.formula, tuple(v.cat for v in lt.variables), tuple(v.weak for v in lt.variables),
+           len(ranges))
+    return tuple(v.array for v in lt.variables) + ranges, aux
 
 
 def _unflatten_lazy_tensor(aux, leaves) -> LazyTensor:
-    formula, cats, weak = aux
+    formula, cats, weak, n_ranges = aux
     out = LazyTensor()
+    if n_ranges:
+        leaves, out.ranges = leaves[: len(leaves) - n_ranges], tuple(leaves[len(leaves) - n_ranges:])
     out.formula = formula
     out.variables = tuple(_Variable(x, c, w) for x, c, w in zip(leaves, cats, weak))
     # Sizes are read off the leaves (under vmap a leaf has lost its mapped axis); JAX may also
@@ -1081,6 +1095,7 @@ def _unflatten_lazy_tensor(aux, leaves) -> LazyTensor:
 
 
 jax.tree_util.register_pytree_node(LazyTensor, _flatten_lazy_tensor, _unflatten_lazy_tensor)
+add_ranges_keyword(LazyTensor)  # `ranges=` on every reduction method
 
 
 def _pack_weak_scalars(formulas, operands, var_cats, weak):

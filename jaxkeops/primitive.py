@@ -11,6 +11,9 @@ copied). Outputs are shaped (*batch_shape, n_outer, ...). Static parameters:
   axis              1 reduces over j (one output row per i), 0 reduces over i
   ni, nj            grid sizes (an axis may have no variable, so they cannot be read off operands)
   batch_shape       the broadcast batch shape (() for a single problem)
+  with_ranges       present (True) only for block-sparse calls: then six int32 operands follow
+                    the variables, KeOps's ranges tuple (jaxkeops/ranges.py), shared by the
+                    whole batch
 
 Rules here: abstract evaluation, jvp and transpose (formulas from jaxkeops/autodiff.py), and
 batching (vmap folds the mapped axis into `batch_shape`: one kernel call for the whole batch).
@@ -31,6 +34,7 @@ from jax.interpreters import ad, batching
 
 from jaxkeops.autodiff import transpose_formula
 from jaxkeops.formula import CAT_I, CAT_J, CAT_NAMES, CAT_P, Var, substitute, walk
+from jaxkeops.ranges import N_RANGES, check_ranges_avals
 from jaxkeops.reduction_derivatives import JVP_RULES
 from jaxkeops.reductions import REDUCTIONS, check_reduction
 from jaxkeops.vma import insert_pvary, output_vma, shaped_array
@@ -47,13 +51,17 @@ def dim_size(d):
 
 
 def keops_reduce(
-    operands, *, formulas, var_cats, reduction, reduction_params=(), axis, ni, nj, batch_shape=()
+    operands, *, formulas, var_cats, reduction, reduction_params=(), axis, ni, nj, batch_shape=(),
+    ranges=None,
 ):
     """Bind the primitive; returns a tuple of outputs (see the reduction table). Inside
     shard_map, operands replicated over a manual axis others vary over are cast to vary first
-    (as JAX's own primitives do), so that cotangents get the right type."""
+    (as JAX's own primitives do), so that cotangents get the right type. `ranges`: None, or
+    the six int32 arrays of a block-sparse reduction (jaxkeops/ranges.py, already checked)."""
+    extra = {} if ranges is None else {"with_ranges": True}
     return keops_reduce_p.bind(
         *insert_pvary(*operands),
+        *(() if ranges is None else tuple(ranges)),
         formulas=tuple(formulas),
         var_cats=tuple(int(c) for c in var_cats),
         reduction=reduction,
@@ -62,7 +70,16 @@ def keops_reduce(
         ni=dim_size(ni),
         nj=dim_size(nj),
         batch_shape=tuple(dim_size(b) for b in batch_shape),
+        **extra,
     )
+
+
+def split_ranges(operands, params: dict):
+    """(the variables' operands, the ranges operands or None, params without `with_ranges`)."""
+    if not params.get("with_ranges"):
+        return list(operands), None, params
+    params = {k: v for k, v in params.items() if k != "with_ranges"}
+    return list(operands[:-N_RANGES]), tuple(operands[-N_RANGES:]), params
 
 
 def _base_shape(cat: int, dim: int, ni: int, nj: int) -> tuple[int, ...]:
@@ -70,7 +87,10 @@ def _base_shape(cat: int, dim: int, ni: int, nj: int) -> tuple[int, ...]:
 
 
 def abstract_eval(*avals, formulas, var_cats, reduction, reduction_params, axis, ni, nj,
-                  batch_shape):
+                  batch_shape, with_ranges=False):
+    if with_ranges:
+        check_ranges_avals(avals[len(avals) - N_RANGES:], "keops_reduce")
+        avals = avals[: len(avals) - N_RANGES]
     if len(avals) != len(var_cats):
         raise TypeError(f"keops_reduce: {len(avals)} operands for {len(var_cats)} variables")
     dtype = avals[0].dtype if avals else np.dtype(np.float32)
@@ -116,13 +136,32 @@ keops_reduce_p.def_abstract_eval(abstract_eval)
 
 def _batch(args, dims, *, batch_shape, **params):
     """vmap: the mapped axis becomes a new leading batch dimension (size 1, i.e. broadcast, for
-    unmapped operands), so the whole batch is one kernel call."""
+    unmapped operands), so the whole batch is one kernel call. Ranges are shared by the batch:
+    mapped ranges (one clustering per batch element) run one call per element (lax.map)."""
     size = next(x.shape[d] for x, d in zip(args, dims) if d is not None)
+    n_ranges = N_RANGES if params.get("with_ranges") else 0
+    n_vars = len(args) - n_ranges
+    if any(d is not None for d in dims[n_vars:]):
+        return _batch_per_element(args, dims, size, batch_shape, params)
     moved = [
         lax.expand_dims(x, (0,)) if d is None else jnp.moveaxis(x, d, 0)
-        for x, d in zip(args, dims)
+        for x, d in zip(args[:n_vars], dims[:n_vars])
     ]
-    outs = keops_reduce_p.bind(*moved, batch_shape=(size,) + tuple(batch_shape), **params)
+    outs = keops_reduce_p.bind(*moved, *args[n_vars:], batch_shape=(size,) + tuple(batch_shape),
+                               **params)
+    return outs, [0] * len(outs)
+
+
+def _batch_per_element(args, dims, size, batch_shape, params):
+    mapped = [k for k, d in enumerate(dims) if d is not None]
+
+    def one(sliced):
+        full = list(args)
+        for k, x in zip(mapped, sliced):
+            full[k] = x
+        return keops_reduce_p.bind(*full, batch_shape=batch_shape, **params)
+
+    outs = lax.map(one, [jnp.moveaxis(args[k], dims[k], 0) for k in mapped])
     return outs, [0] * len(outs)
 
 
@@ -153,6 +192,9 @@ def keops_reduce_compact(formulas, operands, var_cats, **params):
 
 def _jvp(primals, tangents, *, formulas, var_cats, **params):
     rule = JVP_RULES[params["reduction"]]
+    primals, ranges, params = split_ranges(primals, params)
+    if ranges is not None:  # integers: no tangent; the rules pass them on to every reduction
+        tangents, params = tangents[: len(primals)], dict(params, ranges=ranges)
     tangents = [None if type(t) is ad.Zero else t for t in tangents]
     outs, tangent_outs = rule(primals, tangents, formulas, var_cats, params)
     return outs, [
@@ -171,10 +213,14 @@ def _transpose(cts, *operands, formulas, var_cats, reduction, reduction_params, 
                **params):
     if reduction != "Sum":
         raise NotImplementedError(f"transposition of the {reduction} reduction")
+    operands, ranges, params = split_ranges(operands, params)
+    if ranges is not None:  # the cotangent reductions read the half of the tuple their axis needs
+        params = dict(params, ranges=ranges)
     (ct,) = cts
     linear = {k for k, x in enumerate(operands) if ad.is_undefined_primal(x)}
+    no_ranges_ct = [] if ranges is None else [None] * N_RANGES
     if type(ct) is ad.Zero:
-        return [None] * len(operands)
+        return [None] * len(operands) + no_ranges_ct
     (formula,) = formulas
     outer_cat = CAT_I if axis == 1 else CAT_J
     ct_var = Var(len(operands), formula.dim, outer_cat)
@@ -201,7 +247,7 @@ def _transpose(cts, *operands, formulas, var_cats, reduction, reduction_params, 
             out = out.sum(axis=-2)
         out = _unbroadcast_batch(out, aval.shape[: len(batch_shape)])
         results.append(out.astype(aval.dtype))
-    return results
+    return results + no_ranges_ct
 
 
 ad.primitive_jvps[keops_reduce_p] = _jvp

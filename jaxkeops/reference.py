@@ -15,6 +15,7 @@ import numpy as np
 from jaxkeops.formula import Const, Node, Var, walk
 from jaxkeops.ops import OPS
 from jaxkeops.program import ROLE_INNER, ROLE_OUTER, category_role
+from jaxkeops.ranges import block_mask, masked_reduce
 from jaxkeops.reductions import REDUCTIONS
 
 # Elements of one block of the grid (rows × inner × largest formula dim) in the fallback.
@@ -101,16 +102,22 @@ def _over_batch(reduce_one):
 
 
 @_over_batch
-def dense_reduce(formulas, var_cats, operands, *, reduction, reduction_params, axis, ni, nj):
-    """Reduce by materialising the whole (n_outer, n_inner) grid."""
+def dense_reduce(formulas, var_cats, operands, *, reduction, reduction_params, axis, ni, nj,
+                 ranges=None):
+    """Reduce by materialising the whole (n_outer, n_inner) grid (masked by `ranges`)."""
     n_outer, n_inner = _sizes(ni, nj, axis)
     values = grid_values(formulas, var_cats, operands, axis, n_outer, n_inner)
+    if ranges is not None:
+        mask = block_mask(ranges, axis, jnp.arange(n_outer), n_inner)
+        return masked_reduce(reduction, values, mask, reduction_params)
     return REDUCTIONS[reduction].dense(values, reduction_params)
 
 
 @_over_batch
-def chunked_reduce(formulas, var_cats, operands, *, reduction, reduction_params, axis, ni, nj):
-    """Reduce block of outer rows by block with `lax.map`; never materialises the grid."""
+def chunked_reduce(formulas, var_cats, operands, *, reduction, reduction_params, axis, ni, nj,
+                   ranges=None):
+    """Reduce block of outer rows by block with `lax.map`; never materialises the grid. With
+    `ranges`, each block's pairs are masked (the blocks are computed, not skipped)."""
     n_outer, n_inner = _sizes(ni, nj, axis)
     max_dim = max(n.dim for n in walk(formulas))
     block = max(1, min(n_outer, CHUNK_ELEMENTS // max(1, n_inner * max_dim)))
@@ -128,8 +135,14 @@ def chunked_reduce(formulas, var_cats, operands, *, reduction, reduction_params,
         it = iter(block_operands)
         ops = [next(it) if o else x for x, o in zip(operands, is_outer)]
         values = grid_values(formulas, var_cats, ops, axis, block, n_inner)
+        if ranges is not None:
+            rows = next(it) * block + jnp.arange(block)
+            mask = block_mask(ranges, axis, rows, n_inner)
+            return masked_reduce(reduction, values, mask, reduction_params)
         return REDUCTIONS[reduction].dense(values, reduction_params)
 
+    if ranges is not None:  # rows differ by their clusters: map over the block numbers too
+        blocked = blocked + (jnp.arange(n_blocks),)
     if blocked:
         outs = jax.lax.map(one_block, blocked)
     else:  # no outer variable: every row is the same

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from jaxkeops import shard_combine
 from jaxkeops.lazy_tensor import LazyTensor
+from jaxkeops.ranges import unsupported_with_ranges
 
 _PICKS = {"min": (False, (0,)), "argmin": (False, (1,)), "min_argmin": (False, (0, 1)),
           "max": (True, (0,)), "argmax": (True, (1,)), "max_argmax": (True, (0, 1))}
@@ -38,6 +39,8 @@ def sharded_reduce(lazy: LazyTensor, method: str, *, axis: int, axis_name, K: in
     """
     if not isinstance(lazy, LazyTensor):
         raise TypeError(f"sharded_reduce: lazy is a {type(lazy).__name__}; expected a LazyTensor")
+    # A block's indices are local; ranges index the whole axis: not combined yet.
+    unsupported_with_ranges(lazy.ranges, "sharded_reduce")
     if method not in METHODS:
         raise ValueError(f"sharded_reduce: method={method!r}; expected one of {METHODS}")
     if axis_name is None or axis_name == ():

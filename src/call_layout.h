@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "batch.h"
+#include "block_ranges.h"
 #include "program.h"
 #include "reductions.h"
 #include "xla/ffi/api/ffi.h"
@@ -49,6 +50,8 @@ struct CallLayout {
   std::vector<char*> outputs;          // output k's data
   std::vector<ffi::DataType> out_types;
   std::vector<int64_t> out_elem_bytes;  // element size of output k
+  bool has_ranges = false;  // block-sparse: `ranges` points into the call's trailing operands
+  BlockRanges ranges;
 
   size_t value_bytes() const { return dtype == ffi::DataType::F32 ? 4 : 8; }
 };
@@ -74,9 +77,35 @@ inline std::string check_call(const Program& prog, const std::vector<OutputInfo>
     if (n_inner == -1) return "n_inner = -1 (read off the operands) but no operand is inner";
   }
   layout->n_inner = n_inner;
-  if (args.size() != prog.inputs.size())
-    return "the program has " + std::to_string(prog.inputs.size()) + " inputs but the call has " +
-           std::to_string(args.size()) + " operands";
+  // The program's inputs, then optionally the three ranges operands (block_ranges.h).
+  const size_t n_inputs = prog.inputs.size();
+  if (args.size() != n_inputs && args.size() != n_inputs + kRangesOperands)
+    return "the program has " + std::to_string(n_inputs) + " inputs but the call has " +
+           std::to_string(args.size()) + " operands (expected " + std::to_string(n_inputs) +
+           ", or " + std::to_string(n_inputs + kRangesOperands) + " with ranges)";
+  layout->has_ranges = args.size() == n_inputs + kRangesOperands;
+  if (layout->has_ranges) {
+    const char* names[kRangesOperands] = {"clusters", "slice_ends", "inner_ranges"};
+    const int32_t* data[kRangesOperands];
+    int64_t counts[kRangesOperands];
+    for (int k = 0; k < kRangesOperands; ++k) {
+      auto buf_or = args.get<ffi::AnyBuffer>(n_inputs + k);
+      if (!buf_or) return std::string("cannot decode the ranges operand ") + names[k];
+      const auto dims = buf_or->dimensions();
+      const bool pairs = k != 1;
+      if (buf_or->element_type() != ffi::DataType::S32 || dims.size() != (pairs ? 2u : 1u) ||
+          (pairs && dims[1] != 2))
+        return std::string("ranges operand ") + names[k] + " is " +
+               dtype_str(buf_or->element_type()) + " " + shape_str(dims) + ", expected int32 " +
+               (pairs ? "(n, 2)" : "(n,)");
+      data[k] = static_cast<const int32_t*>(buf_or->untyped_data());
+      counts[k] = dims[0];
+    }
+    if (counts[0] != counts[1])
+      return "ranges: " + std::to_string(counts[0]) + " clusters but " +
+             std::to_string(counts[1]) + " slice ends";
+    layout->ranges = BlockRanges{data[0], data[1], data[2], counts[0], counts[2]};
+  }
   if (rets.size() != infos.size())
     return "expected " + std::to_string(infos.size()) + " output buffer(s), got " +
            std::to_string(rets.size());
@@ -84,7 +113,7 @@ inline std::string check_call(const Program& prog, const std::vector<OutputInfo>
   // The compute dtype: the operands' (all alike), else the first value output's.
   ffi::DataType dtype = ffi::DataType::F32;
   bool dtype_known = false;
-  if (args.size() > 0) {
+  if (n_inputs > 0) {
     auto buf_or = args.get<ffi::AnyBuffer>(0);
     if (!buf_or) return "cannot decode operand 0";
     dtype = buf_or->element_type();
@@ -143,8 +172,8 @@ inline std::string check_call(const Program& prog, const std::vector<OutputInfo>
   layout->dtype = dtype;
   layout->batch = BatchLayout(batch_dims);
 
-  layout->inputs.assign(args.size(), nullptr);
-  for (size_t k = 0; k < args.size(); ++k) {
+  layout->inputs.assign(n_inputs, nullptr);
+  for (size_t k = 0; k < n_inputs; ++k) {
     auto buf_or = args.get<ffi::AnyBuffer>(k);
     if (!buf_or) return "cannot decode operand " + std::to_string(k);
     ffi::AnyBuffer buf = *buf_or;

@@ -96,6 +96,12 @@ ffi::Error reduce_impl(ffi::RemainingArgs args, ffi::RemainingRets rets,
 
   // Nothing to compute (an empty output): return at once, whatever the batch size.
   if (call.n_outer == 0 || call.batch.count() == 0) return ffi::Error::Success();
+  // Block-sparse: the ranges (in host memory here) are checked once, shared by the batch.
+  const BlockRanges* ranges = call.has_ranges ? &call.ranges : nullptr;
+  if (ranges) {
+    error = check_block_ranges(*ranges, call.n_outer, call.n_inner);
+    if (!error.empty()) return invalid(error);
+  }
 
   // One problem per batch index, each run on all cores.
   const size_t width = call.value_bytes();
@@ -107,10 +113,10 @@ ffi::Error reduce_impl(ffi::RemainingArgs args, ffi::RemainingRets rets,
       outs[k].data = call.outputs[k] + b * out_bytes_per_problem[k];
     if (call.dtype == ffi::DataType::F32) {
       ok = cpu::execute<float>(*prog, reinterpret_cast<const float* const*>(in.data()),
-                               call.n_outer, call.n_inner, outs.data(), &error);
+                               call.n_outer, call.n_inner, outs.data(), &error, ranges);
     } else {
       ok = cpu::execute<double>(*prog, reinterpret_cast<const double* const*>(in.data()),
-                                call.n_outer, call.n_inner, outs.data(), &error);
+                                call.n_outer, call.n_inner, outs.data(), &error, ranges);
     }
   }
   if (!ok) return ffi::Error::Internal(error);

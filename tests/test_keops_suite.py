@@ -79,9 +79,6 @@ KEOPS_CASES = (
 
 # KeOps cases not run here, and why.
 SKIPPED = {
-    "test_block_sparse_reduction.py::test_block_sparse_reduction":
-        "block-sparse ranges and jaxkeops.cluster (issue 17 item 3) are not on main yet; until "
-        "then `K.ranges = ...` raises NotImplementedError (checked below), never ignored",
     "test_gpu_cpu.py::test_torch_keops_gpu":
         "needs a CUDA device (KeOps skips it without one too); the CPU case of the same file "
         "runs here",
@@ -912,13 +909,39 @@ def _float16(rng, order):
                                np.asarray(want[order], np.float32), rtol=1e-3, atol=1e-2)
 
 
-def test_block_sparse_ranges_are_never_silently_ignored(rng):
-    """What test_block_sparse_reduction.py does until ranges land: `K.ranges = r` raises."""
-    x, y = rng.normal(size=(7, 2)), rng.normal(size=(9, 2))
-    K = (-Vi(x).sqdist(Vj(y))).exp()
-    ranges = tuple(np.zeros((1, 2), np.int32) for _ in range(6))
-    with pytest.raises(NotImplementedError, match="ranges"):
-        K.ranges = ranges
+def test_test_block_sparse_reduction__test_block_sparse_reduction(rng):
+    """A Gaussian convolution from a noisy circle to a blob, clustered on a grid, with the
+    clusters whose centroids are far apart skipped: equal to the dense sum over the kept
+    blocks, and within 0.2 % (KeOps's tolerance) of the dense sum over all pairs."""
+    from jaxkeops import cluster
+
+    M_, N_, sigma = 500, 500, 0.05
+    t = np.linspace(0, 2 * np.pi, M_ + 1)[:-1]
+    x = np.stack([0.4 + 0.4 * np.cos(t), 0.5 + 0.3 * np.sin(t)], 1) + 0.01 * rng.normal(size=(M_, 2))
+    y = rng.normal(size=(N_, 2)) / 10 + 0.6
+    x, y = x.astype(np.float32), y.astype(np.float32)
+    x_labels, y_labels = cluster.grid_cluster(x, 0.05), cluster.grid_cluster(y, 0.05)
+    x, x_labels = cluster.sort_clusters(x, x_labels)
+    y, y_labels = cluster.sort_clusters(y, y_labels)
+    x_ranges, x_centroids, _ = cluster.cluster_ranges_centroids(x, x_labels)
+    y_ranges, y_centroids, _ = cluster.cluster_ranges_centroids(y, y_labels)
+    keep = ((np.asarray(x_centroids)[:, None] - np.asarray(y_centroids)[None]) ** 2).sum(2) < (
+        4 * sigma) ** 2
+    ranges = cluster.from_matrix(x_ranges, y_ranges, keep)
+    K = (-(((LazyTensor(x[:, None, :] / sigma) - LazyTensor(y[None, :, :] / sigma)) ** 2)
+           .sum(dim=2)) / 2).exp()
+    b = rng.normal(size=(N_, 1)).astype(np.float32)
+    full = K @ b
+    K.ranges = ranges
+    sparse = np.asarray(K @ b, np.float64)
+    # The dense reference over the kept blocks, in float64.
+    xs, ys = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    block_keep = keep[np.asarray(x_labels)][:, np.asarray(y_labels)]
+    k64 = np.exp(-((xs[:, None] - ys[None]) ** 2).sum(-1) / sigma ** 2 / 2)
+    np.testing.assert_allclose(sparse, np.where(block_keep, k64, 0) @ b, rtol=2e-4, atol=2e-5)
+    assert 0 < block_keep.mean() < 1
+    rel_error = np.abs(sparse - np.asarray(full)).sum() / np.abs(np.asarray(full)).sum()
+    assert rel_error < 2e-3
 
 
 def test_matmul_takes_pykeops_keywords(rng):

@@ -427,6 +427,16 @@ def sharded(M, N, budget):
                 f"D=3, float32", M * N, [], [sharded_runs.report(M, N), sharded_runs.NOTE])
 
 
+# ---------------------------------------------------------------- block-sparse ranges
+
+def ranges(M, N, budget):
+    """A truncated Gaussian on a clustered 3-d cloud with and without ranges, against the
+    fraction of pairs kept: jaxkeops/benchmarks/block_sparse.py."""
+    from jaxkeops.benchmarks import block_sparse
+    return Case(f"Truncated Gaussian sum on a clustered 3-d cloud, block-sparse ranges, M={M}, "
+                f"N={N}, float32", M * N, [], [block_sparse.report(M, N), block_sparse.NOTE])
+
+
 GPU_COMPARE_SIZE = (1_000_000, 1_000_000)
 
 BENCHMARKS = {
@@ -444,4 +454,5 @@ BENCHMARKS = {
     "gpu_compare": Benchmark(GPU_COMPARE_SIZE, gpu_compare, in_default=False),
     "spellings": Benchmark((20000, 20000), spellings),
     "sharded": Benchmark((40000, 40000), sharded, in_default=False),
+    "ranges": Benchmark((200_000, 200_000), ranges, in_default=False),
 }

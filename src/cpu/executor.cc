@@ -756,13 +756,23 @@ class BlockWeightedSums {
   std::vector<char> changed_;
 };
 
+// A run of inner indices [begin, end) that a chunk of rows reduces over.
+struct InnerSpan {
+  int64_t begin, end;
+};
+
+// Reduces rows [r0, r0 + rows) over the inner spans, in order (the whole axis, one split of
+// it, or a cluster's ranges when block-sparse).
 template <class T, class R>
 void run_item(const Plan<T>& plan, const R& red, const T* const* inputs,
               LaneMajorWeights<T> lane_major, int64_t n_inner, int64_t r0, int64_t rows,
-              int64_t j0, int64_t j1, double* states /* rows x state_size, initialised here */) {
+              const InnerSpan* spans, int64_t n_spans,
+              double* states /* rows x state_size, initialised here */) {
   const int64_t S = red.state_size();
   for (int64_t r = 0; r < rows; ++r) red.init(states + r * S);
-  if (j1 <= j0) return;
+  bool any_inner = false;
+  for (int64_t k = 0; k < n_spans; ++k) any_inner |= spans[k].end > spans[k].begin;
+  if (!any_inner) return;
 
   const int64_t TL = plan.tile();
   const int64_t RC = plan.outer_lanes();
@@ -799,7 +809,8 @@ void run_item(const Plan<T>& plan, const R& red, const T* const* inputs,
     }
   }
 
-  for (int64_t t0 = j0; t0 < j1; t0 += TL) {
+  for (int64_t k = 0; k < n_spans; ++k)
+  for (int64_t t0 = spans[k].begin, j1 = spans[k].end; t0 < j1; t0 += TL) {
     const int64_t nv = std::min(TL, j1 - t0);
     const int64_t L = std::min(TL, round_up(nv, 16));
     for (const Step<T>& s : inner) {
@@ -931,9 +942,65 @@ LaneMajorWeights<T> lane_major_weights(const Plan<T>& plan, const Program& prog,
   return {copy->get(), E_pad};
 }
 
+// Block-sparse: one work item per chunk of a cluster's rows, reducing over that cluster's inner
+// ranges only; rows outside every cluster get the empty value.
+template <class T, class R>
+bool run_block_sparse(const Plan<T>& plan, const R& red, const T* const* inputs,
+                      LaneMajorWeights<T> lane_major, int64_t n_outer, int64_t n_inner,
+                      const BlockRanges& ranges, const OutputWriter& writer, std::string* error) {
+  struct Chunk {
+    int64_t r0, rows, cluster;
+  };
+  const int64_t RC = plan.row_chunk();
+  const int64_t S = red.state_size();
+  const int64_t W = writer.width();
+  std::vector<Chunk> chunks;
+  std::vector<char> covered(n_outer, 0);
+  for (int64_t c = 0; c < ranges.n_clusters; ++c) {
+    const int64_t a = ranges.clusters[2 * c], b = ranges.clusters[2 * c + 1];
+    for (int64_t r = a; r < b; ++r) {
+      if (covered[r]) {
+        *error = "ranges: outer clusters overlap at row " + std::to_string(r) +
+                 " (cluster " + std::to_string(c) + "); clusters must be disjoint";
+        return false;
+      }
+      covered[r] = 1;
+    }
+    for (int64_t r0 = a; r0 < b; r0 += RC) chunks.push_back({r0, std::min(RC, b - r0), c});
+  }
+  {
+    std::vector<double> st(S), row(W);
+    red.init(st.data());
+    red.finalize(st.data(), row.data());
+    for (int64_t r = 0; r < n_outer; ++r)
+      if (!covered[r]) writer.write(row.data(), r);
+  }
+  const bool ok = parallel_for(int64_t(chunks.size()), [&](int64_t k) {
+    const Chunk& chunk = chunks[k];
+    // Adjacent ranges (neighbouring clusters of the other axis) merge into one span: fewer,
+    // fuller tiles.
+    std::vector<InnerSpan> spans;
+    for (int64_t t = ranges.first_range(chunk.cluster); t < ranges.slice_ends[chunk.cluster]; ++t) {
+      const InnerSpan s{ranges.inner_ranges[2 * t], ranges.inner_ranges[2 * t + 1]};
+      if (s.end <= s.begin) continue;
+      if (!spans.empty() && spans.back().end == s.begin) spans.back().end = s.end;
+      else spans.push_back(s);
+    }
+    std::vector<double> st(chunk.rows * S), row(W);
+    run_item<T, R>(plan, red, inputs, lane_major, n_inner, chunk.r0, chunk.rows, spans.data(),
+                   int64_t(spans.size()), st.data());
+    for (int64_t r = 0; r < chunk.rows; ++r) {
+      red.finalize(st.data() + r * S, row.data());
+      writer.write(row.data(), chunk.r0 + r);
+    }
+  });
+  if (!ok) *error = "jaxkeops CPU executor: internal failure (out of memory?)";
+  return ok;
+}
+
 template <class T, class R>
 bool run(const Program& prog, const T* const* inputs, int64_t n_outer, int64_t n_inner,
-         const OutputBuffer* outs, std::string* error) {
+         const OutputBuffer* outs, std::string* error, const BlockRanges* ranges) {
   const R red(prog.reduction_params, prog.result_dims);
   const int64_t S = red.state_size();
   const std::vector<OutputInfo> infos = red.outputs();
@@ -945,7 +1012,7 @@ bool run(const Program& prog, const T* const* inputs, int64_t n_outer, int64_t n
     red.init(st.data());
     red.finalize(st.data(), row.data());
     for (int64_t r = 0; r < n_outer; ++r) writer.write(row.data(), r);
-    return true;
+    return true;  // (with ranges too: no inner index, nothing interacts)
   }
 
   Plan<T> plan(prog, n_outer, weights_form<R>());
@@ -972,12 +1039,17 @@ bool run(const Program& prog, const T* const* inputs, int64_t n_outer, int64_t n
   DimMajorInputs<T> dim_major(prog.inputs, inputs, n_inner);
   inputs = dim_major.pointers();
   bool ok;
-  if (n_splits == 1) {
+  if (ranges) {
+    ok = run_block_sparse<T, R>(plan, red, inputs, lane_major, n_outer, n_inner, *ranges, writer,
+                                error);
+    if (!ok) return false;
+  } else if (n_splits == 1) {
     ok = parallel_for(n_chunks, [&](int64_t c) {
       const int64_t r0 = c * RC;
       const int64_t rows = std::min(RC, n_outer - r0);
       std::vector<double> st(rows * S), row(W);
-      run_item<T, R>(plan, red, inputs, lane_major, n_inner, r0, rows, 0, n_inner, st.data());
+      const InnerSpan all{0, n_inner};
+      run_item<T, R>(plan, red, inputs, lane_major, n_inner, r0, rows, &all, 1, st.data());
       for (int64_t r = 0; r < rows; ++r) {
         red.finalize(st.data() + r * S, row.data());
         writer.write(row.data(), r0 + r);
@@ -989,8 +1061,8 @@ bool run(const Program& prog, const T* const* inputs, int64_t n_outer, int64_t n
       const int64_t c = item / n_splits, s = item % n_splits;
       const int64_t r0 = c * RC;
       const int64_t rows = std::min(RC, n_outer - r0);
-      const int64_t j0 = s * range, j1 = std::min(n_inner, j0 + range);
-      run_item<T, R>(plan, red, inputs, lane_major, n_inner, r0, rows, j0, j1,
+      const InnerSpan part{s * range, std::min(n_inner, (s + 1) * range)};
+      run_item<T, R>(plan, red, inputs, lane_major, n_inner, r0, rows, &part, 1,
                      partial.data() + item * RC * S);
     });
     if (ok) {
@@ -1016,12 +1088,12 @@ bool run(const Program& prog, const T* const* inputs, int64_t n_outer, int64_t n
 
 template <class T>
 bool execute(const Program& prog, const T* const* inputs, int64_t n_outer, int64_t n_inner,
-             const OutputBuffer* outs, std::string* error) {
+             const OutputBuffer* outs, std::string* error, const BlockRanges* ranges) {
   bool ok = false;
   try {
     bool known = dispatch_reduction(prog.reduction, [&](auto tag) {
       using R = typename decltype(tag)::type;
-      ok = run<T, R>(prog, inputs, n_outer, n_inner, outs, error);
+      ok = run<T, R>(prog, inputs, n_outer, n_inner, outs, error, ranges);
     });
     if (!known) *error = "jaxkeops CPU executor: unknown reduction";
   } catch (const std::exception& e) {
@@ -1032,8 +1104,8 @@ bool execute(const Program& prog, const T* const* inputs, int64_t n_outer, int64
 }
 
 template bool execute<float>(const Program&, const float* const*, int64_t, int64_t,
-                             const OutputBuffer*, std::string*);
+                             const OutputBuffer*, std::string*, const BlockRanges*);
 template bool execute<double>(const Program&, const double* const*, int64_t, int64_t,
-                              const OutputBuffer*, std::string*);
+                              const OutputBuffer*, std::string*, const BlockRanges*);
 
 }  // namespace jaxkeops::cpu

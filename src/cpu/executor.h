@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <string>
 
+#include "block_ranges.h"
 #include "program.h"
 
 namespace jaxkeops::cpu {
@@ -19,14 +20,16 @@ struct OutputBuffer {
 // inputs[k]: data of input k (outer/inner: (n, dim) row-major, param: (dim,)).
 // outs[k]: output k of the reduction (reduction_outputs() gives their widths and kinds).
 // Shapes and dtypes must have been checked against the program.
+// ranges: null for a dense reduction, else the (checked) block-sparse ranges: only the listed
+// blocks are visited.
 // Returns false with *error set on an internal failure (e.g. out of memory).
 template <class T>
 bool execute(const Program& prog, const T* const* inputs, int64_t n_outer, int64_t n_inner,
-             const OutputBuffer* outs, std::string* error);
+             const OutputBuffer* outs, std::string* error, const BlockRanges* ranges = nullptr);
 
 extern template bool execute<float>(const Program&, const float* const*, int64_t, int64_t,
-                                    const OutputBuffer*, std::string*);
+                                    const OutputBuffer*, std::string*, const BlockRanges*);
 extern template bool execute<double>(const Program&, const double* const*, int64_t, int64_t,
-                                     const OutputBuffer*, std::string*);
+                                     const OutputBuffer*, std::string*, const BlockRanges*);
 
 }  // namespace jaxkeops::cpu

@@ -8,6 +8,8 @@
 #include <cstdint>
 #include <string>
 
+#include "block_ranges.h"
+
 namespace jaxkeops::cuda {
 
 // Bounds of the by-value call description (kernel parameters are limited to 4 KiB here).
@@ -118,6 +120,8 @@ struct DevCall {
   int64_t batch_count;  // product of batch_dims
   int64_t n_outer, n_inner;
   DevOutput outs[kMaxOutputs];
+  int32_t has_ranges;  // block-sparse: only `ranges` (device memory, shared by the batch) meet
+  BlockRanges ranges;
 };
 
 // Grid shape and workspace of a launch (plan_launch fills it; the handler allocates `bytes`).

@@ -79,8 +79,10 @@ void run_launch(const DevProgram& p, const DevReduction& red, const DevCall& c,
       }
       Ops::init(red, state_of(t));
     }
-    for (int64_t t0 = w.j0; t0 < w.j1; t0 += g.tile) {
-      const int nv = int(std::min<int64_t>(g.tile, w.j1 - t0));
+    const int64_t r0 = w.row_block * block;
+    for_each_span(c, w.j0, w.j1, r0, r0 + block, [&](int64_t j0, int64_t j1, Span rows) {
+    for (int64_t t0 = j0; t0 < j1; t0 += g.tile) {
+      const int nv = int(std::min<int64_t>(g.tile, j1 - t0));
       if (has_inner) {
         for (int l = 0; l < nv; ++l) {  // lane l by thread l % block
           Frame<T> f{};
@@ -94,7 +96,7 @@ void run_launch(const DevProgram& p, const DevReduction& red, const DevCall& c,
         }
       }
       for (int t = 0; t < block; ++t) {
-        if (row_of(t) >= c.n_outer) continue;
+        if (row_of(t) >= c.n_outer || row_of(t) < rows.begin || row_of(t) >= rows.end) continue;
         const int32_t slot = blk * block + t;
         PairCtx<T> pc;
         pc.base[kParam] = params;
@@ -109,6 +111,7 @@ void run_launch(const DevProgram& p, const DevReduction& red, const DevCall& c,
         pair_tile<T, Ops>(p, prog.data(), red, pc, tile, nv, t0, state_of(t));
       }
     }
+    });
     for (int t = 0; t < block; ++t)
       if (row_of(t) < c.n_outer) finish_row<T, Ops>(red, c, g, w, row_of(t), state_of(t));
   }

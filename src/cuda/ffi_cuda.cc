@@ -125,6 +125,8 @@ ffi::Error reduce_impl(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::
   CallLayout layout;
   error = check_call(prog, infos, args, rets, n_inner, &layout);
   if (!error.empty()) return invalid(error);
+  // Block-sparse ranges stay in device memory: the kernels clamp their values to the grid
+  // (thread_steps.h), no host copy; the CPU executor is where bad values are reported.
   const ffi::DataType dtype = layout.dtype;
   if (layout.n_outer == 0 || layout.batch.count() == 0) return ffi::Error::Success();
   int64_t host_count = 1;

@@ -223,6 +223,8 @@ inline DevCall describe_call(const HostProgram& hp, const CallLayout& layout, in
   call.n_outer = layout.n_outer;
   call.n_inner = n_inner;
   call.n_outputs = int32_t(infos.size());
+  call.has_ranges = layout.has_ranges ? 1 : 0;
+  call.ranges = layout.ranges;
   for (size_t d = 0; d < dev_rank; ++d) call.batch_dims[d] = batch_dims[host_rank + d];
   // Element stride of batch dim d for operand k: the offset of the flat index with a 1 there.
   for (size_t k = 0; k < layout.inputs.size(); ++k) {

@@ -101,19 +101,23 @@ __global__ void reduce_kernel(const __grid_constant__ DevProgram p,
 
     if (valid) run_phase<T>(p, c, f, kOuter);
     Ops::init(red, st);
-    for (int64_t t0 = w.j0; t0 < w.j1; t0 += g.tile) {
-      const int nv = int(min(int64_t(g.tile), w.j1 - t0));
-      if (has_inner) {
-        __syncthreads();  // the previous tile is consumed
-        for (int l = threadIdx.x; l < nv; l += blockDim.x) {
-          f.base[kInner] = tile + l;
-          f.j = t0 + l;
-          run_phase<T>(p, c, f, kInner);
+    const int64_t r0 = w.row_block * blockDim.x;
+    for_each_span(c, w.j0, w.j1, r0, r0 + blockDim.x, [&](int64_t j0, int64_t j1, Span rows) {
+      const bool active = valid && f.row >= rows.begin && f.row < rows.end;
+      for (int64_t t0 = j0; t0 < j1; t0 += g.tile) {
+        const int nv = int(min(int64_t(g.tile), j1 - t0));
+        if (has_inner) {
+          __syncthreads();  // the previous tile is consumed
+          for (int l = threadIdx.x; l < nv; l += blockDim.x) {
+            f.base[kInner] = tile + l;
+            f.j = t0 + l;
+            run_phase<T>(p, c, f, kInner);
+          }
+          __syncthreads();
         }
-        __syncthreads();
+        if (active) pair_tile<T, Ops>(p, prog, red, pc, tile, nv, t0, st);
       }
-      if (valid) pair_tile<T, Ops>(p, prog, red, pc, tile, nv, t0, st);
-    }
+    });
     if (valid) finish_row<T, Ops>(red, c, g, w, f.row, st);
   }
 }

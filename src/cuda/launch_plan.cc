@@ -46,7 +46,8 @@ bool plan_launch(const DevProgram& prog, const DevReduction& red, const DevCall&
   // Split the inner axis when the rows alone cannot fill the GPU; chunks stay >= 4 tiles.
   const int64_t target = int64_t(sm_count) * 8;
   pl.n_splits = 1;
-  if (N > 0 && base_items < target) {
+  // (Block-sparse calls are not split: a block walks its clusters' ranges, not a chunk.)
+  if (N > 0 && base_items < target && !call.has_ranges) {
     const int64_t want = (target + base_items - 1) / base_items;
     const int64_t by_size = std::max<int64_t>(1, N / (4 * int64_t(pl.tile)));
     pl.n_splits = std::min(want, by_size);

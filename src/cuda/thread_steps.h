@@ -59,6 +59,67 @@ JAXKEOPS_HD inline WorkItem work_item(const DevGrid& g, const DevCall& c, int64_
   return w;
 }
 
+// Block-sparse calls (block_ranges.h): a block of rows walks, for each cluster meeting its rows,
+// that cluster's inner ranges; its threads whose row is in the cluster do the pair work. Bounds
+// are clamped to the grid: ranges values are not checked on the device.
+struct Span {
+  int64_t begin, end;
+};
+
+JAXKEOPS_HD inline int64_t clamp_to(int64_t v, int64_t lo, int64_t hi) {
+  return v < lo ? lo : v > hi ? hi : v;
+}
+
+// Rows [begin, end) of cluster k.
+JAXKEOPS_HD inline Span cluster_rows(const DevCall& c, int64_t k) {
+  const int64_t a = clamp_to(c.ranges.clusters[2 * k], 0, c.n_outer);
+  return {a, clamp_to(c.ranges.clusters[2 * k + 1], a, c.n_outer)};
+}
+
+// Cluster k's inner ranges: positions [begin, end) in ranges.inner_ranges.
+JAXKEOPS_HD inline Span cluster_slice(const DevCall& c, int64_t k) {
+  const int64_t n = c.ranges.n_inner_ranges;
+  const int64_t a = clamp_to(c.ranges.first_range(k), 0, n);
+  return {a, clamp_to(c.ranges.slice_ends[k], a, n)};
+}
+
+// Inner indices [begin, end) of inner range t.
+JAXKEOPS_HD inline Span inner_span(const DevCall& c, int64_t t) {
+  const int64_t a = clamp_to(c.ranges.inner_ranges[2 * t], 0, c.n_inner);
+  return {a, clamp_to(c.ranges.inner_ranges[2 * t + 1], a, c.n_inner)};
+}
+
+// Calls visit(j0, j1, in_cluster) for each inner span a block of rows [r0, r1) reduces over:
+// the whole chunk [w.j0, w.j1) when dense (every row in), else each inner range of each cluster
+// meeting the rows, with in_cluster(row) saying which rows it belongs to. The same calls for
+// every thread of the block (uniform control flow).
+template <class Visit>
+JAXKEOPS_HD inline void for_each_span(const DevCall& c, int64_t j0, int64_t j1, int64_t r0,
+                                      int64_t r1, Visit&& visit) {
+  if (!c.has_ranges) {
+    visit(j0, j1, Span{r0, r1});
+    return;
+  }
+  for (int64_t k = 0; k < c.ranges.n_clusters; ++k) {
+    const Span rows = cluster_rows(c, k);
+    if (rows.end <= r0 || rows.begin >= r1) continue;
+    const Span slice = cluster_slice(c, k);
+    // Adjacent ranges (neighbouring clusters of the other axis) merge into one span.
+    Span run{0, 0};
+    for (int64_t t = slice.begin; t < slice.end; ++t) {
+      const Span inner = inner_span(c, t);
+      if (inner.end <= inner.begin) continue;
+      if (run.end > run.begin && run.end == inner.begin) {
+        run.end = inner.end;
+        continue;
+      }
+      if (run.end > run.begin) visit(run.begin, run.end, rows);
+      run = inner;
+    }
+    if (run.end > run.begin) visit(run.begin, run.end, rows);
+  }
+}
+
 // The pair phase and the reducer over the first nv lanes of a j tile (starting at inner index
 // t0), one sub-tile at a time.
 template <class T, class Ops>
