@@ -657,7 +657,10 @@ def _second_order_case(rng, m, n, **options):
 @pytest.fixture(scope="module")
 def conv2d_results():
     # KeOps: M, N = 20000, 30000 with backend="GPU_2D"; here a size the dense reference affords
-    # (the backend keyword warns and runs where the arrays are).
+    # (the backend keyword warns, once per process, and runs where the arrays are).
+    from jaxkeops import call_options
+
+    call_options._warned.clear()  # another test may have drawn the one warning already
     with pytest.warns(UserWarning, match="backend"):
         return _second_order_case(np.random.default_rng([SEED, 20]), 400, 600, backend="GPU_2D")
 
